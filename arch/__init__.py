@@ -1,0 +1,101 @@
+"""The model registry: ``--model=NAME`` -> :class:`ModelSpec`.
+
+A model family is one file in ``arch/`` plus one line in ``MODELS`` below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def resolve_dtype(name: str):
+    """Maps a config dtype name to a jnp dtype; raises ValueError naming the valid names."""
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What the trainer needs to know about a model family.
+
+    make_module: builds the flax module from the ``model`` config section (plus ``decode``).
+    model_defaults: the default ``model`` config section.
+    task: which loss/metrics/data pipeline in ``train/tasks.py`` trains it.
+    example_input: a batch-of-one input for init, shape checks and export.
+    """
+
+    name: str
+    make_module: Callable[..., nn.Module]
+    model_defaults: Callable[[], dict[str, Any]]
+    task: str
+    example_input: Callable[[Any], np.ndarray]
+
+
+def _transformer_module(model_config, decode: bool = False) -> nn.Module:
+    from arch.transformer import TransformerLM
+
+    c = model_config
+    return TransformerLM(
+        vocab_size=c.vocab_size,
+        num_layers=c.num_layers,
+        d_model=c.d_model,
+        num_heads=c.num_heads,
+        mlp_dim=c.mlp_dim,
+        max_len=c.max_len,
+        dropout_rate=c.dropout_rate,
+        positional=c.positional,
+        tie_embeddings=c.tie_embeddings,
+        scan_layers=c.scan_layers,
+        remat=c.remat,
+        decode=decode,
+        dtype=resolve_dtype(c.dtype),
+        param_dtype=resolve_dtype(c.param_dtype),
+    )
+
+
+def _transformer_defaults() -> dict[str, Any]:
+    return dict(
+        vocab_size=256,
+        num_layers=4,
+        d_model=256,
+        num_heads=4,
+        mlp_dim=1024,
+        max_len=128,
+        dropout_rate=0.0,
+        positional="rotary",
+        tie_embeddings=True,
+        scan_layers=False,
+        remat=False,
+        dtype="float32",
+        param_dtype="float32",
+    )
+
+
+MODELS: dict[str, ModelSpec] = {
+    "transformer": ModelSpec(
+        "transformer",
+        _transformer_module,
+        _transformer_defaults,
+        "lm",
+        lambda config: np.zeros((1, config.model.max_len), np.int32),
+    ),
+}
+
+
+class UnknownModelError(ValueError):
+    """Raised for a ``--model`` name that is not in the registry."""
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Returns the registered spec, or raises UnknownModelError listing the valid names."""
+    if name not in MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; valid models: {', '.join(sorted(MODELS))}")
+    return MODELS[name]

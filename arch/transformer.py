@@ -1,0 +1,162 @@
+"""Decoder-only Transformer language model (pre-LayerNorm, causal attention, GELU MLP).
+
+Options a researcher expects: rotary or learned positions, weight tying, dropout, mixed precision
+(``dtype`` for compute, ``param_dtype`` for storage), scan over layers (compile time flat in
+depth), rematerialisation of blocks, and a ``decode`` mode with a KV cache for sampling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from arch.layers import DEFAULT_INIT, CausalSelfAttention, MlpBlock, logical_init, token_matmul
+
+Dtype = Any
+
+
+def _layer_norm(dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=logical_init(nn.initializers.ones, ("embed",)),
+        bias_init=logical_init(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+class DecoderBlock(nn.Module):
+    """x + Attn(LN(x)), then x + MLP(LN(x)). Returns ``(x, None)`` so it can be ``nn.scan``-ned."""
+
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    dropout_rate: float
+    rotary: bool
+    decode: bool
+    cache_size: int
+    deterministic: bool
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array):
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        h = _layer_norm(self.dtype, self.param_dtype, "ln_attn")(x)
+        x = x + CausalSelfAttention(
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            rotary=self.rotary,
+            dropout_rate=self.dropout_rate,
+            decode=self.decode,
+            cache_size=self.cache_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="attn",
+        )(h, positions, self.deterministic)
+        h = _layer_norm(self.dtype, self.param_dtype, "ln_mlp")(x)
+        x = x + MlpBlock(
+            hidden_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="mlp",
+        )(h, self.deterministic)
+        return x, None
+
+
+class TransformerLM(nn.Module):
+    """Maps int tokens [batch, length] to next-token logits [batch, length, vocab] (float32)."""
+
+    vocab_size: int = 256
+    num_layers: int = 4
+    d_model: int = 256
+    num_heads: int = 4
+    mlp_dim: int = 1024
+    max_len: int = 128
+    dropout_rate: float = 0.0
+    positional: str = "rotary"  # "rotary" | "learned"
+    tie_embeddings: bool = True
+    scan_layers: bool = False
+    remat: bool = False
+    decode: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        batch, length = tokens.shape
+        if self.positional not in ("rotary", "learned"):
+            raise ValueError(f"positional must be 'rotary' or 'learned', got {self.positional!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+
+        if self.decode:
+            next_position = self.variable("cache", "next_position", jnp.zeros, (), jnp.int32)
+            start = next_position.value
+            next_position.value = start + length
+        else:
+            start = 0
+        positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+
+        embed = nn.Embed(
+            self.vocab_size,
+            self.d_model,
+            embedding_init=logical_init(DEFAULT_INIT, ("vocab", "embed")),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="embed",
+        )
+        x = embed(tokens)
+        if self.positional == "learned":
+            table = self.param(
+                "position_embedding",
+                logical_init(DEFAULT_INIT, (None, "embed")),
+                (self.max_len, self.d_model),
+                self.param_dtype,
+            )
+            x = x + jnp.take(table, positions, axis=0).astype(self.dtype)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+
+        block = DecoderBlock
+        if self.remat:
+            block = nn.remat(block, prevent_cse=not self.scan_layers)
+        block_kwargs = dict(
+            num_heads=self.num_heads,
+            head_dim=self.d_model // self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            rotary=self.positional == "rotary",
+            decode=self.decode,
+            cache_size=self.max_len,
+            deterministic=deterministic,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        if self.scan_layers:
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0, "cache": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = stack(**block_kwargs, name="layers")(x, positions)
+        else:
+            for i in range(self.num_layers):
+                x, _ = block(**block_kwargs, name=f"layer_{i}")(x, positions)
+
+        x = _layer_norm(self.dtype, self.param_dtype, "ln_final")(x)
+        if self.tie_embeddings:
+            logits = token_matmul(x, embed.embedding.T, self.dtype)
+        else:
+            unembed = self.param(
+                "unembed", logical_init(DEFAULT_INIT, ("embed", "vocab")), (self.d_model, self.vocab_size), self.param_dtype
+            )
+            logits = token_matmul(x, unembed, self.dtype)
+        logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+        return logits.astype(jnp.float32)

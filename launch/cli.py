@@ -1,0 +1,66 @@
+"""Shared CLI plumbing: ``--config.SECTION.FIELD=VALUE`` overrides and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line and exits 2."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Separates ``--config.a.b=v`` / ``--config.a.b v`` from the other flags."""
+    rest, overrides = [], {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            key, sep, value = arg[len("--config.") :].partition("=")
+            if not sep:
+                if i + 1 >= len(argv):
+                    fail(f"--config.{key} needs a value (--config.{key}=VALUE)")
+                value = argv[i + 1]
+                i += 1
+            overrides[key] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def fail(message: str, code: int = 2) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(code)
+
+
+def quiet_logs() -> None:
+    """Keeps orbax/absl/jax INFO chatter off the console."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+    for name in ("absl", "orbax", "jax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def describe_config(config, prefix: str = "") -> list[str]:
+    """``section.field=value`` lines for ``--help``."""
+    lines = []
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            lines += describe_config(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"  --config.{prefix}{key}={value!r}" if isinstance(value, str) else f"  --config.{prefix}{key}={value}")
+    return lines

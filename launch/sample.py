@@ -1,0 +1,52 @@
+"""python -m launch.sample --workdir=DIR --prompt="def " --length=200 [--temperature=0.8] [--top_k=0]"""
+
+from __future__ import annotations
+
+import sys
+
+from launch.cli import OneLineParser, fail, quiet_logs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m launch.sample", description="Generate text from a trained LM run's latest checkpoint (KV-cached decoding).")
+    parser.add_argument("--workdir", required=True, help="a run directory written by launch.train")
+    parser.add_argument("--prompt", default="The ", help="text to continue")
+    parser.add_argument("--length", type=int, default=200, help="bytes to generate")
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=0, help="sample among the k most likely bytes (0 = all)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.length < 1:
+        fail(f"--length must be >= 1, got {args.length}")
+    if args.temperature < 0:
+        fail(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 <= args.top_k <= 256:
+        fail(f"--top_k must be in [0, 256], got {args.top_k}")
+
+    quiet_logs()
+    import jax
+
+    from arch import get_model_spec
+    from train.checkpoint import CheckpointError, restore_params
+    from train.sampling import generate
+
+    try:
+        config, params, _, step = restore_params(args.workdir, notify=lambda m: print(m, file=sys.stderr))
+        spec = get_model_spec(config.model_name)
+        if spec.task != "lm":
+            fail(f"run in {args.workdir!r} is a {config.model_name!r} model; sampling text needs a language model")
+        text = generate(
+            spec.make_module(config.model, decode=True), params, args.prompt.encode("utf-8"), args.length,
+            max_len=config.model.max_len, rng=jax.random.PRNGKey(args.seed), temperature=args.temperature, top_k=args.top_k,
+        )
+    except CheckpointError as e:
+        fail(str(e))
+    except ValueError as e:
+        fail(str(e))
+    print(f"# {config.model_name} at step {step} from {args.workdir}", file=sys.stderr)
+    print(args.prompt + text.decode("utf-8", errors="replace"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""python -m launch.train --model=NAME [--workdir=DIR] [--config.SECTION.FIELD=VALUE ...]"""
+
+from __future__ import annotations
+
+import sys
+
+from launch.cli import OneLineParser, describe_config, fail, quiet_logs, split_config_overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    flags, overrides = split_config_overrides(argv)
+
+    from arch import MODELS, UnknownModelError
+    from train.config import ConfigError, apply_overrides, get_config
+
+    probe = OneLineParser(add_help=False)
+    probe.add_argument("--model")
+    model_name = probe.parse_known_args(flags)[0].model or "transformer"
+    try:
+        help_config = get_config(model_name)
+    except UnknownModelError:
+        help_config = get_config("transformer")
+    parser = OneLineParser(
+        prog="python -m launch.train",
+        description="Train a registry model on its embedded default data (resumes from WORKDIR's latest checkpoint).",
+        epilog=f"config overrides for --model={help_config.model_name} (name=default):\n" + "\n".join(describe_config(help_config)),
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help=f"one of: {', '.join(sorted(MODELS))}")
+    parser.add_argument("--workdir", default=None, help="run directory (default runs/<model>); the same one again resumes")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar (log lines only)")
+    args = parser.parse_args(flags)
+
+    try:
+        config = apply_overrides(get_config(args.model), overrides)
+    except (UnknownModelError, ConfigError) as e:
+        fail(str(e))
+    workdir = args.workdir or f"runs/{args.model}"
+
+    quiet_logs()
+    from train.checkpoint import CheckpointError
+    from train.data import DataError
+    from train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
+    from train.parallel import MeshError
+
+    try:
+        train_and_evaluate(config, workdir, progress=not args.no_progress)
+    except (ConfigError, DataError, WorkdirError, MeshError, CheckpointError) as e:
+        fail(str(e))
+    except NonFiniteLossError as e:
+        fail(str(e), code=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Test setup: 8 fake CPU devices (set before jax is imported) and tiny configs."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = {
+    "model.num_layers": "2",
+    "model.d_model": "32",
+    "model.num_heads": "2",
+    "model.mlp_dim": "64",
+    "model.max_len": "32",
+    "data.seq_len": "32",
+    "train.batch_size": "8",
+    "train.steps": "20",
+    "train.warmup_steps": "2",
+    "train.log_every": "5",
+    "train.eval_every": "10",
+    "train.eval_batches": "2",
+    "checkpoint.every": "10",
+    "sample.length": "16",
+}
+
+
+def tiny_config(model: str = "transformer", **overrides):
+    """A seconds-sized config; keyword overrides use '__' for '.', e.g. train__steps=6."""
+    from train.config import apply_overrides, get_config
+
+    values = dict(TINY)
+    values.update({k.replace("__", "."): str(v) for k, v in overrides.items()})
+    return apply_overrides(get_config(model), values)
+
+
+def tiny_cli_flags(**overrides) -> list[str]:
+    values = dict(TINY)
+    values.update({k.replace("__", "."): str(v) for k, v in overrides.items()})
+    return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def cli_env() -> dict:
+    """Environment for CLI subprocesses: one CPU device, as a user's laptop has."""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture
+def python():
+    return sys.executable

@@ -1,0 +1,185 @@
+"""The real CLI in subprocesses: end to end, resume, SIGTERM, NaN, sampling, and bad input."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, cli_env, tiny_cli_flags
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def train(workdir, **overrides):
+    return run_cli("launch.train", "--model=transformer", f"--workdir={workdir}", "--no_progress", *tiny_cli_flags(**overrides))
+
+
+def assert_one_line_error(proc, *fragments, code=2):
+    assert proc.returncode == code, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def tree_digest(path):
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(full.encode())
+            digest.update(open(full, "rb").read())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run") / "transformer"
+    proc = train(workdir, train__steps=40, train__learning_rate="3e-3", checkpoint__every=20)
+    assert proc.returncode == 0, proc.stderr
+    return workdir, proc
+
+
+def test_end_to_end_loss_falls_and_prints_summary(trained):
+    workdir, proc = trained
+    assert "validation at step 40" in proc.stdout and "bits per byte" in proc.stdout
+    assert "sample (16 bytes after 'The ')" in proc.stdout
+    train_losses = [r["loss"] for r in map(json.loads, open(workdir / "metrics.jsonl")) if r["split"] == "train"]
+    assert train_losses[-1] < train_losses[0] - 1.0
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "40"]
+    assert (workdir / "plots" / "loss.png").exists() and (workdir / "config.json").exists()
+
+
+def test_same_workdir_resumes(trained, tmp_path):
+    workdir, _ = trained
+    proc = train(workdir, train__steps=45, train__learning_rate="3e-3", checkpoint__every=20)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from step 40" in proc.stdout and "validation at step 45" in proc.stdout
+
+
+def test_sample_uses_the_latest_checkpoint(trained):
+    workdir, _ = trained
+    proc = run_cli("launch.sample", f"--workdir={workdir}", "--prompt=def ", "--length=30", "--temperature=0")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("def ") and len(proc.stdout.rstrip("\n").encode("utf-8", "replace")) >= 30
+    again = run_cli("launch.sample", f"--workdir={workdir}", "--prompt=def ", "--length=30", "--temperature=0")
+    assert again.stdout == proc.stdout
+
+
+def test_train_on_a_user_text_file(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    proc = train(tmp_path / "run", data__path=str(text), train__steps=30, train__learning_rate="3e-3")
+    assert proc.returncode == 0, proc.stderr
+    info = json.load(open(tmp_path / "run" / "config.json"))
+    assert info["data_source"] == str(text)
+    final = [r for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if r["split"] == "eval"][-1]
+    assert final["bits_per_byte"] < 3.0  # a repetitive text is learnt fast
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
+    workdir = tmp_path / "run"
+    flags = tiny_cli_flags(train__steps=100000, checkpoint__every=100000, train__log_every=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launch.train", "--model=transformer", f"--workdir={workdir}", "--no_progress", *flags],
+        cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and not (workdir / "metrics.jsonl").exists():
+        time.sleep(0.5)
+    assert (workdir / "metrics.jsonl").exists(), proc.stderr
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "received SIGTERM: saved checkpoint at step" in out
+    step = int(out.split("saved checkpoint at step ")[1].split()[0])
+    assert step >= 2 and os.listdir(workdir / "checkpoints") == [str(step)]
+
+
+def test_non_finite_loss_stops_naming_the_step_without_a_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    proc = train(workdir, model__dtype="float16", train__learning_rate="1e4", train__grad_clip="0",
+                 train__warmup_steps="0", train__log_every="1", checkpoint__every="1", train__steps="30")
+    assert_one_line_error(proc, "loss became non-finite at step", code=1)
+    bad_step = int(proc.stderr.split("non-finite at step ")[1].split(";")[0])
+    saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
+    assert all(s < bad_step for s in saved)
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--model=nope"], ["unknown model 'nope'", "valid models: ", "transformer"]),
+        (["--model=transformer", "--config.train.stepz=5"], ["unknown config key config.train.stepz", "steps"]),
+        (["--model=transformer", "--config.train.steps=many"], ["config.train.steps", "'many' is not a valid int"]),
+        (["--model=transformer", "--bogus"], ["unrecognized arguments: --bogus"]),
+        (["--model=transformer", "--config.data.path=/nonexistent/x.txt"], ["data file '/nonexistent/x.txt' does not exist"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
+    proc = run_cli("launch.train", f"--workdir={tmp_path / 'w'}", *args)
+    assert_one_line_error(proc, *fragments)
+
+
+def test_empty_data_file_and_bad_workdirs(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert_one_line_error(train(tmp_path / "w", data__path=str(empty)), "is empty")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert_one_line_error(train(a_file), "is a file, not a directory")
+    assert_one_line_error(train(a_file / "sub"), "is not writable")
+
+
+def test_bad_input_leaves_existing_checkpoints_untouched(trained):
+    workdir, _ = trained
+    before = tree_digest(workdir / "checkpoints")
+    for extra in (["--config.train.steps=x"], ["--config.nope=1"], ["--config.data.path=/missing.txt"]):
+        proc = run_cli("launch.train", "--model=transformer", f"--workdir={workdir}", *extra)
+        assert proc.returncode == 2
+    assert tree_digest(workdir / "checkpoints") == before
+
+
+def _corrupt(step_dir):
+    for root, _, files in os.walk(step_dir / "state"):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+
+
+def test_corrupt_latest_checkpoint_falls_back_then_refuses_when_none_intact(tmp_path):
+    workdir = tmp_path / "run"
+    assert train(workdir, train__steps=20, checkpoint__every=10).returncode == 0
+    _corrupt(workdir / "checkpoints" / "20")
+    proc = train(workdir, train__steps=25, checkpoint__every=10)
+    assert proc.returncode == 0, proc.stderr
+    assert "checkpoint step 20" in proc.stdout and "unreadable" in proc.stdout
+    assert "resuming from step 10" in proc.stdout and "validation at step 25" in proc.stdout
+    assert "20.unreadable" in os.listdir(workdir / "checkpoints")
+
+    for step in os.listdir(workdir / "checkpoints"):
+        if step.isdigit():
+            _corrupt(workdir / "checkpoints" / step)
+    before = tree_digest(workdir / "checkpoints")
+    proc = train(workdir, train__steps=40, checkpoint__every=10)
+    assert proc.returncode == 2
+    assert "no intact checkpoint" in proc.stderr and "refusing to start over" in proc.stderr
+    assert tree_digest(workdir / "checkpoints") == before
+
+
+def test_help_lists_flags_and_config_keys():
+    proc = run_cli("launch.train", "--help")
+    assert proc.returncode == 0 and "--workdir" in proc.stdout and "--config.train.steps=" in proc.stdout
+    proc = run_cli("launch.sample", "--help")
+    assert proc.returncode == 0 and "--prompt" in proc.stdout

@@ -1,0 +1,1 @@
+"""How a model learns: config, data, tasks, state, steps, parallelism, checkpoints, the loop."""

@@ -1,0 +1,143 @@
+"""Orbax checkpoints of the whole run: train state + data-iterator position, saved together.
+
+``restore_latest`` walks back from the newest step when a step is truncated or corrupt, says so,
+and, once an older step restored, moves the unreadable ones aside (``<step>.unreadable``) rather
+than deleting them; if no step is intact it raises, touching nothing, instead of starting over. Restoring takes the target's shardings,
+so a checkpoint written on one mesh loads onto another.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from train.state import TrainState
+
+class CheckpointError(RuntimeError):
+    """No intact checkpoint where one was expected."""
+
+
+class Checkpointer:
+    """Thin wrapper over ``ocp.CheckpointManager`` with items ``state`` and ``data``."""
+
+    def __init__(self, directory: str, *, keep: int):
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
+            item_names=("state", "data"),
+        )
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: TrainState, data_state: dict) -> None:
+        """Starts an async save; ``wait`` (or the next save) makes it durable."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+            force=True,
+        )
+
+    def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+        )
+        return restored["state"], dict(restored["data"])
+
+    def restore_latest(self, abstract_state: TrainState, notify=print) -> tuple[TrainState, dict, int] | None:
+        """Newest intact (state, data_state, step), or None when there is no checkpoint at all."""
+        steps = self.all_steps()
+        if not steps:
+            return None
+        unreadable = []
+        for step in reversed(steps):
+            try:
+                state, data_state = self.restore(step, abstract_state)
+                _check_restored(state, step)
+            except Exception as e:  # orbax/tensorstore raise many types for a damaged step
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                notify(f"checkpoint step {step} in {self.directory} is unreadable ({reason}); trying the previous one")
+                unreadable.append(step)
+                continue
+            if unreadable:
+                notify(f"resuming from step {step}; unreadable steps kept aside as <step>.unreadable")
+                if jax.process_index() == 0:
+                    for bad in unreadable:
+                        self._move_aside(bad)
+            return state, data_state, step
+        raise CheckpointError(
+            f"no intact checkpoint in {self.directory} (tried steps {', '.join(map(str, reversed(steps)))}); "
+            "refusing to start over: move the directory away to train from scratch"
+        )
+
+    def _move_aside(self, step: int) -> None:
+        src = os.path.join(self.directory, str(step))
+        dst = f"{src}.unreadable"
+        if os.path.isdir(src) and not os.path.exists(dst):
+            os.rename(src, dst)
+        self._manager.reload()
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _check_restored(state: TrainState, step: int) -> None:
+    if int(state.step) != step:
+        raise CheckpointError(f"state.step={int(state.step)} does not match directory step {step}")
+
+
+def load_run_config(workdir: str):
+    """The resolved config a run in ``workdir`` was trained with (from its config.json)."""
+    import json
+
+    import ml_collections
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isdir(workdir):
+        raise CheckpointError(f"workdir {workdir!r} does not exist")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{workdir!r} holds no trained run (no config.json); train one with python -m launch.train")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        return ml_collections.ConfigDict(info["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a valid run config ({e})") from None
+
+
+def restore_params(workdir: str, notify=print):
+    """(config, params, model_state, step) of the latest intact checkpoint, on one device."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from arch import get_model_spec
+    from train.state import init_train_state, make_optimizer
+
+    config = load_run_config(workdir)
+    spec = get_model_spec(config.model_name)
+    module = spec.make_module(config.model)
+    tx = make_optimizer(config.train)
+    example = jnp.zeros((1, config.data.seq_len), jnp.int32)
+    boxed = jax.eval_shape(lambda: init_train_state(module, tx, example, jax.random.PRNGKey(0)))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), nn.meta.unbox(boxed))
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    try:
+        restored = checkpointer.restore_latest(abstract, notify=notify)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise CheckpointError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+    state, _, step = restored
+    return config, state.params, state.model_state, step

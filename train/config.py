@@ -1,0 +1,176 @@
+"""Run configuration: the base ml_collections config, per-family defaults, and overrides.
+
+``get_config(model)`` returns a complete, locked config; ``apply_overrides`` takes the
+``--config.SECTION.FIELD=VALUE`` strings of the CLI and rejects unknown keys and badly typed
+values with one line naming the valid choices. Field names here are a contract other tools use:
+``train.steps``, ``train.batch_size``, ``train.learning_rate``, ``model.num_layers``,
+``data.path``, ``checkpoint.every``, ``checkpoint.keep``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from arch import get_model_spec
+
+
+class ConfigError(ValueError):
+    """A bad config key or value given by the user."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model_name = ""
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = ""  # empty: the embedded default data set of the model's task
+    c.data.seq_len = 128
+    c.data.val_fraction = 0.1  # for a user text file: the tail fraction held out
+
+    c.model = ml_collections.ConfigDict()
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000
+    c.train.batch_size = 32
+    c.train.learning_rate = 1e-3
+    c.train.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    c.train.warmup_steps = 100
+    c.train.weight_decay = 0.1
+    c.train.b1 = 0.9
+    c.train.b2 = 0.99
+    c.train.grad_clip = 1.0  # global-norm clip; 0 disables
+    c.train.grad_accum_steps = 1  # micro-batches per optimizer update (batch_size must divide)
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.eval_batches = 0  # 0: the whole validation split at every evaluation
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 500
+    c.checkpoint.keep = 3
+
+    c.parallel = ml_collections.ConfigDict()
+    # Named mesh over all devices, "axis:size,..." with one -1 meaning "the rest".
+    c.parallel.mesh = "data:-1,model:1"
+    # Logical axis -> mesh axis, "logical:mesh_axis,..."; unlisted logical axes are replicated.
+    c.parallel.rules = "batch:data,heads:model,mlp:model,vocab:model"
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.prompt = "The "
+    c.sample.length = 200
+    c.sample.temperature = 0.8
+    c.sample.top_k = 0
+    return c
+
+
+# Per-family changes to the base train/data sections (the model section comes from the registry).
+_FAMILY_DEFAULTS: dict[str, dict[str, dict]] = {
+    "transformer": {
+        "train": dict(
+            steps=2000,
+            batch_size=32,
+            learning_rate=2e-3,
+            warmup_steps=100,
+            weight_decay=0.1,
+            log_every=50,
+            eval_every=500,
+        ),
+        "checkpoint": dict(every=500, keep=3),
+    },
+}
+
+
+def get_config(model_name: str) -> ml_collections.ConfigDict:
+    """The complete default config for ``--model=model_name`` (raises UnknownModelError)."""
+    spec = get_model_spec(model_name)
+    config = base_config()
+    config.model_name = model_name
+    config.model = ml_collections.ConfigDict(spec.model_defaults())
+    for section, values in _FAMILY_DEFAULTS.get(model_name, {}).items():
+        config[section].update(values)
+    config.lock()
+    return config
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _convert(key: str, raw: str, current):
+    """Parses ``raw`` to the type of the current value of ``key``."""
+    kind = type(current)
+    try:
+        if kind is bool:
+            low = raw.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is str:
+            return raw
+        if kind is tuple:
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+    except ValueError:
+        pass
+    raise ConfigError(f"bad value for config.{key}: {raw!r} is not a valid {kind.__name__}")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+    """Returns a copy of ``config`` with ``{"train.steps": "50", ...}`` applied, types checked."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key, raw in overrides.items():
+        node = config
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            is_last = depth == len(parts) - 1
+            valid = sorted(node.keys())
+            where = ".".join(parts[:depth]) or "the config"
+            if part not in node:
+                raise ConfigError(f"unknown config key config.{key}: no {part!r} in {where}; valid: {', '.join(valid)}")
+            if is_last:
+                if isinstance(node[part], ml_collections.ConfigDict):
+                    raise ConfigError(f"config.{key} is a section, not a field; valid fields: {', '.join(sorted(node[part].keys()))}")
+                node[part] = _convert(key, raw, node[part])
+            else:
+                if not isinstance(node[part], ml_collections.ConfigDict):
+                    raise ConfigError(f"config.{'.'.join(parts[: depth + 1])} is a field, not a section")
+                node = node[part]
+    validate(config)
+    config.lock()
+    return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Rejects values that parse but make no sense, naming the field and what is allowed."""
+    t = config.train
+    checks = [
+        (t.steps >= 1, "train.steps must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.learning_rate > 0, "train.learning_rate must be > 0"),
+        (t.grad_accum_steps >= 1, "train.grad_accum_steps must be >= 1"),
+        (t.batch_size % max(t.grad_accum_steps, 1) == 0, "train.batch_size must be divisible by train.grad_accum_steps"),
+        (t.log_every >= 1, "train.log_every must be >= 1"),
+        (t.eval_every >= 1, "train.eval_every must be >= 1"),
+        (config.checkpoint.every >= 1, "checkpoint.every must be >= 1"),
+        (config.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
+        (config.data.seq_len >= 2, "data.seq_len must be >= 2"),
+        (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
+    ]
+    if "max_len" in config.model:
+        checks.append((config.data.seq_len <= config.model.max_len, "data.seq_len must be <= model.max_len"))
+    if "dtype" in config.model:
+        for field in ("dtype", "param_dtype"):
+            value = config.model[field]
+            checks.append((value in ("float32", "bfloat16", "float16"), f"model.{field} must be one of float32, bfloat16, float16 (got {value!r})"))
+    if "positional" in config.model:
+        checks.append((config.model.positional in ("rotary", "learned"), f"model.positional must be 'rotary' or 'learned' (got {config.model.positional!r})"))
+    if "num_heads" in config.model:
+        checks.append((config.model.num_heads >= 1 and config.model.d_model % config.model.num_heads == 0, "model.d_model must be divisible by model.num_heads"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -1,0 +1,96 @@
+"""Metric writers: ``metrics.jsonl`` (one JSON object per event), TensorBoard, and the loss plot.
+
+Only the primary process writes; the others get a writer that does nothing, so the loop never
+branches on process index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Iterable
+
+
+class MetricWriter:
+    """Appends ``{"step": int, "split": "train"|"eval", ...}`` lines and TensorBoard scalars."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True):
+        self.enabled = enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, split: str, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split}
+        record.update({k: _jsonable(v) for k, v in metrics.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(f"{split}/{name}", value, step)
+        self._tb.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records past ``step``: a resumed run re-logs them, so the file never repeats a step."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        kept = [r for r in read_metrics(self.path) if r["step"] <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _jsonable(value):
+    value = float(value) if hasattr(value, "__float__") and not isinstance(value, (int, bool)) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_metrics(path: str) -> list[dict]:
+    """All records of a metrics.jsonl (skipping a torn last line from a killed run)."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def plot_loss_curves(records: Iterable[dict], out_path: str, *, title: str = "") -> str:
+    """Train and eval loss against step, saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = list(records)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for split, style in (("train", "-"), ("eval", "o-")):
+        points = [(r["step"], r["loss"]) for r in records if r.get("split") == split and isinstance(r.get("loss"), (int, float))]
+        if points:
+            steps, losses = zip(*points)
+            ax.plot(steps, losses, style, label="validation" if split == "eval" else "train", markersize=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    fig.savefig(out_path)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,76 @@
+"""Autoregressive sampling from a language model with a KV cache, compiled as one program.
+
+The prompt is fed once (prefill), then each new token costs one single-token forward pass that
+reads keys/values from the cache; the whole loop is a ``lax.scan`` inside one ``jit``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def init_cache(decode_module: nn.Module, batch: int, max_len: int):
+    """An all-empty KV cache for ``decode_module`` (shapes from ``eval_shape``, values zero)."""
+    shapes = jax.eval_shape(
+        lambda: decode_module.init(jax.random.key(0), jnp.zeros((batch, max_len), jnp.int32))
+    )["cache"]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def sample_logits(logits: jax.Array, rng: jax.Array, temperature: float, top_k: int) -> jax.Array:
+    """Draws token ids from [batch, vocab] logits; temperature 0 means greedy."""
+    if temperature <= 0:
+        return jnp.argmax(logits, axis=-1)
+    logits = logits / temperature
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("decode_module", "length", "temperature", "top_k"))
+def _generate(decode_module, params, cache, prompt_tokens, rng, *, length, temperature, top_k):
+    logits, updates = decode_module.apply({"params": params, "cache": cache}, prompt_tokens, mutable=["cache"])
+    cache = updates["cache"]
+
+    def step(carry, step_rng):
+        cache, last_logits = carry
+        token = sample_logits(last_logits, step_rng, temperature, top_k)
+        logits, updates = decode_module.apply({"params": params, "cache": cache}, token[:, None], mutable=["cache"])
+        return (updates["cache"], logits[:, -1]), token
+
+    _, tokens = jax.lax.scan(step, (cache, logits[:, -1]), jax.random.split(rng, length))
+    return tokens.T  # [batch, length]
+
+
+def generate(
+    decode_module: nn.Module,
+    params,
+    prompt: bytes,
+    length: int,
+    *,
+    max_len: int,
+    rng: jax.Array,
+    temperature: float = 0.8,
+    top_k: int = 0,
+) -> bytes:
+    """Continues ``prompt`` by ``length`` bytes; the context window is the last ``max_len`` bytes."""
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    if getattr(decode_module, "positional", "rotary") == "learned" and min(len(prompt), max_len) + length > max_len:
+        raise ValueError(
+            f"a model with learned positions can generate at most {max_len} bytes including the prompt; "
+            f"asked for {min(len(prompt), max_len)} + {length}"
+        )
+    prompt = prompt[-max_len:] or b"\n"
+    prompt_tokens = jnp.asarray(np.frombuffer(prompt, np.uint8).astype(np.int32))[None]
+    cache = init_cache(decode_module, 1, max_len)
+    tokens = _generate(
+        decode_module, params, cache, prompt_tokens, rng, length=length, temperature=float(temperature), top_k=int(top_k)
+    )
+    return bytes(np.asarray(tokens[0], dtype=np.uint8).tolist())

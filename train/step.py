@@ -1,0 +1,88 @@
+"""The train and eval steps: pure functions of (state, batch, rng), jitted by the caller.
+
+``make_train_step`` closes over the module, task and optimizer (keyword-only, so it is testable
+on its own). A step whose loss or gradient norm is not finite leaves params and optimizer state
+unchanged and records its number in ``state.nonfinite_step``; the loop reads that flag only at
+logging/checkpoint time (no per-step host sync), stops, and never writes a NaN checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from train.state import TrainState
+from train.tasks import Task
+
+
+def _split_micro_batches(batch, num_micro: int):
+    # Micro-batch i takes rows i, i+A, i+2A...: each data shard contributes equally to each one.
+    def split(x):
+        return x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, grad_accum_steps: int = 1, lr_schedule: Callable | None = None):
+    """Returns ``train_step(state, batch, rng) -> (state, metrics)``; rng is this step's key."""
+
+    def loss_and_grad(params, model_state, batch, rng):
+        def loss_of(p):
+            return task.loss_fn(module, p, model_state, batch, rng, True)
+
+        (loss, (metrics, new_model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        return loss, metrics, new_model_state, grads
+
+    def train_step(state: TrainState, batch, rng: jax.Array):
+        if grad_accum_steps == 1:
+            loss, metrics, model_state, grads = loss_and_grad(state.params, state.model_state, batch, rng)
+        else:
+            micro_batches = _split_micro_batches(batch, grad_accum_steps)
+
+            def accumulate(carry, xs):
+                grads_sum, model_state = carry
+                micro, index = xs
+                _, metrics, model_state, grads = loss_and_grad(state.params, model_state, micro, jax.random.fold_in(rng, index))
+                return (jax.tree.map(jnp.add, grads_sum, grads), model_state), metrics
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (grads_sum, model_state), metrics = jax.lax.scan(
+                accumulate, (zeros, state.model_state), (micro_batches, jnp.arange(grad_accum_steps))
+            )
+            grads = jax.tree.map(lambda g: g / grad_accum_steps, grads_sum)
+            metrics = jax.tree.map(jnp.mean, metrics)
+            loss = metrics["loss"]
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        def keep_if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+            model_state=keep_if_finite(model_state, state.model_state),
+            nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step),
+        )
+        metrics = dict(metrics, grad_norm=grad_norm)
+        if lr_schedule is not None:
+            metrics["learning_rate"] = lr_schedule(state.step)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(*, module, task: Task):
+    """Returns ``eval_step(params, model_state, batch, weights) -> sums`` (see Task.eval_sums)."""
+
+    def eval_step(params, model_state, batch, weights):
+        return task.eval_sums(module, params, model_state, batch, weights)
+
+    return eval_step

@@ -1,0 +1,72 @@
+"""Loss and metrics per task. A task tells the generic train/eval steps what to optimise.
+
+``loss_fn(module, params, model_state, batch, rng, train) -> (loss, (metrics, new_model_state))``
+is differentiated by the train step. ``eval_sums`` returns per-batch *sums* weighted by a
+per-example mask so padded evaluation batches and sharded evaluation add up exactly;
+``summarize`` turns accumulated sums into the reported metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LN2 = math.log(2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    name: str
+    loss_fn: Callable[..., Any]
+    eval_sums: Callable[..., dict]
+    summarize: Callable[[dict], dict]
+
+
+# --- language modelling: batch is int tokens [B, T+1]; predict tokens[:, 1:] from tokens[:, :-1].
+
+
+def _lm_loss(module, params, model_state, batch, rng, train: bool):
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = module.apply(
+        {"params": params, **model_state},
+        inputs,
+        deterministic=not train,
+        rngs={"dropout": rng} if train else None,
+    )
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    loss = jnp.mean(token_loss)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == targets)
+    metrics = {"loss": loss, "bits_per_byte": loss / LN2, "accuracy": accuracy}
+    return loss, (metrics, model_state)
+
+
+def _lm_eval_sums(module, params, model_state, batch, weights):
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = module.apply({"params": params, **model_state}, inputs, deterministic=True)
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    w = weights[:, None].astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(token_loss * w),
+        "correct_sum": jnp.sum((jnp.argmax(logits, -1) == targets) * w),
+        "count": jnp.sum(w) * targets.shape[1],
+    }
+
+
+def _lm_summarize(sums: dict) -> dict:
+    count = max(float(sums["count"]), 1.0)
+    loss = float(sums["loss_sum"]) / count
+    return {"loss": loss, "bits_per_byte": loss / LN2, "accuracy": float(sums["correct_sum"]) / count}
+
+
+LM = Task("lm", _lm_loss, _lm_eval_sums, _lm_summarize)
+
+TASKS: dict[str, Task] = {"lm": LM}
+
+
+def get_task(name: str) -> Task:
+    return TASKS[name]
