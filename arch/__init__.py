@@ -65,9 +65,9 @@ def _transformer_defaults() -> dict[str, Any]:
     return dict(
         vocab_size=256,
         num_layers=4,
-        d_model=256,
+        d_model=128,
         num_heads=4,
-        mlp_dim=1024,
+        mlp_dim=512,
         max_len=128,
         dropout_rate=0.0,
         positional="rotary",

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help=f"one of: {', '.join(sorted(MODELS))}")
     parser.add_argument("--workdir", default=None, help="run directory (default runs/<model>); the same one again resumes")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument("--dry_run", action="store_true", help="check the model, config and data, print the resolved config, and exit without training")
     args = parser.parse_args(flags)
 
     try:
@@ -44,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     from train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
     from train.parallel import MeshError
 
+    if args.dry_run:
+        from train.data import load_text
+
+        try:
+            splits = load_text(config.data.path, config.data.val_fraction, config.data.seq_len)
+        except DataError as e:
+            fail(str(e))
+        print(config.to_json_best_effort(indent=2))
+        print(f"dry run OK: --model={args.model}, data {splits.source} ({len(splits.train):,} train bytes), workdir {workdir}")
+        return 0
     try:
         train_and_evaluate(config, workdir, progress=not args.no_progress)
     except (ConfigError, DataError, WorkdirError, MeshError, CheckpointError) as e:

@@ -79,12 +79,12 @@ def test_sample_uses_the_latest_checkpoint(trained):
 def test_train_on_a_user_text_file(tmp_path):
     text = tmp_path / "corpus.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    proc = train(tmp_path / "run", data__path=str(text), train__steps=30, train__learning_rate="3e-3")
+    proc = train(tmp_path / "run", data__path=str(text), train__steps=60, train__learning_rate="1e-2")
     assert proc.returncode == 0, proc.stderr
     info = json.load(open(tmp_path / "run" / "config.json"))
     assert info["data_source"] == str(text)
     final = [r for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if r["split"] == "eval"][-1]
-    assert final["bits_per_byte"] < 3.0  # a repetitive text is learnt fast
+    assert final["bits_per_byte"] < 3.5  # below the text's unigram entropy (~4.1 bits): it learnt context
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path):
@@ -183,3 +183,33 @@ def test_help_lists_flags_and_config_keys():
     assert proc.returncode == 0 and "--workdir" in proc.stdout and "--config.train.steps=" in proc.stdout
     proc = run_cli("launch.sample", "--help")
     assert proc.returncode == 0 and "--prompt" in proc.stdout
+
+
+def _readme_blocks():
+    text = open(os.path.join(REPO, "README.md")).read()
+    blocks, inside, current = [], False, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if inside:
+                blocks.append("\n".join(current))
+            inside, current = not inside, []
+        elif inside:
+            current.append(line)
+    return blocks
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    commands = [b.strip() for b in _readme_blocks() if "pytest" in b and b.strip().startswith("python3 -m venv")]
+    assert len(commands) == 1
+    assert commands[0] in open(os.path.join(REPO, ".ci", "run")).read()
+
+
+def test_every_readme_train_command_parses(tmp_path):
+    joined = "\n".join(_readme_blocks()).replace("\\\n", " ")
+    commands = [line.strip() for line in joined.splitlines() if line.strip().startswith("python -m launch.train")]
+    assert len(commands) >= 3
+    for command in commands:
+        args = command.split()[2:]
+        proc = run_cli(*args, "--dry_run")
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert "dry run OK" in proc.stdout

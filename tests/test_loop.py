@@ -16,6 +16,20 @@ def _params(workdir):
     return params, step
 
 
+def _params_at(workdir, step):
+    import flax.linen as nn
+
+    from train.checkpoint import Checkpointer
+    from train.loop import Run
+
+    config = tiny_config(parallel__mesh="data:1")
+    run = Run(config)
+    checkpointer = Checkpointer(str(workdir / "checkpoints"), keep=10)
+    state, data_state = checkpointer.restore(step, run.abstract_state)
+    checkpointer.close()
+    return state.params, data_state
+
+
 def test_kill_and_resume_gives_bitwise_identical_params(tmp_path):
     config = tiny_config(train__steps=8, checkpoint__every=100, parallel__mesh="data:2")
     straight = train_and_evaluate(config, str(tmp_path / "straight"), progress=False, echo=lambda *a: None)
@@ -37,6 +51,19 @@ def test_kill_and_resume_gives_bitwise_identical_params(tmp_path):
     steps = [(r["step"], r["split"]) for r in map(json.loads, open(tmp_path / "resumed" / "metrics.jsonl"))]
     assert len(steps) == len(set(steps))
     assert second["eval"] == straight["eval"]
+
+
+def test_checkpoint_mid_run_holds_that_step_despite_donation(tmp_path):
+    """Async saves must capture step k, not the buffers the donated step k+1 overwrites."""
+    straight = tiny_config(train__steps=6, checkpoint__every=2, checkpoint__keep=5, parallel__mesh="data:1")
+    train_and_evaluate(straight, str(tmp_path / "straight"), progress=False, echo=lambda *a: None)
+    stopped = tiny_config(train__steps=6, checkpoint__every=100, parallel__mesh="data:1")
+    train_and_evaluate(stopped, str(tmp_path / "stopped"), stop_at_step=4, progress=False, echo=lambda *a: None)
+    a, data_a = _params_at(tmp_path / "straight", 4)
+    b, data_b = _params_at(tmp_path / "stopped", 4)
+    assert data_a == data_b == {"position": 4}
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_sharded_run_matches_single_device(tmp_path):

@@ -66,16 +66,18 @@ def base_config() -> ml_collections.ConfigDict:
 # Per-family changes to the base train/data sections (the model section comes from the registry).
 _FAMILY_DEFAULTS: dict[str, dict[str, dict]] = {
     "transformer": {
+        # Tuned to finish in under 10 minutes on a 2-core CPU: at ~55-70 GFLOP/s a d_model-128
+        # model seeing more tokens beat d_model 192/256 at equal time, and batch 16 beat 32.
         "train": dict(
-            steps=2000,
-            batch_size=32,
-            learning_rate=2e-3,
+            steps=1200,
+            batch_size=16,
+            learning_rate=3e-3,
             warmup_steps=100,
             weight_decay=0.1,
             log_every=50,
-            eval_every=500,
+            eval_every=200,
         ),
-        "checkpoint": dict(every=500, keep=3),
+        "checkpoint": dict(every=200, keep=3),
     },
 }
 

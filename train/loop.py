@@ -20,6 +20,7 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jaxlib
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -64,7 +65,7 @@ def write_run_info(workdir: str, config: ml_collections.ConfigDict, extra: dict)
     info = {
         "config": config.to_dict(),
         "jax": jax.__version__,
-        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+        "jaxlib": jaxlib.__version__,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "device_count": jax.device_count(),
