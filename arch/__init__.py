@@ -79,6 +79,29 @@ def _transformer_defaults() -> dict[str, Any]:
     )
 
 
+def _mlp_module(model_config, decode: bool = False) -> nn.Module:
+    from arch.mlp import MLP
+
+    c = model_config
+    return MLP(hidden=tuple(c.hidden), num_classes=c.num_classes, activation=c.activation, dropout_rate=c.dropout_rate,
+               dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
+
+
+def _cnn_module(model_config, decode: bool = False) -> nn.Module:
+    from arch.cnn import CNN
+
+    c = model_config
+    return CNN(channels=tuple(c.channels), dense=c.dense, num_classes=c.num_classes, activation=c.activation,
+               dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
+
+
+def _image_input(config) -> np.ndarray:
+    size = config.data.image_size or 8
+    return np.zeros((1, size, size, 1), np.float32)
+
+
+_PRECISION = dict(dtype="float32", param_dtype="float32")
+
 MODELS: dict[str, ModelSpec] = {
     "transformer": ModelSpec(
         "transformer",
@@ -86,6 +109,16 @@ MODELS: dict[str, ModelSpec] = {
         _transformer_defaults,
         "lm",
         lambda config: np.zeros((1, config.model.max_len), np.int32),
+    ),
+    "mlp": ModelSpec(
+        "mlp", _mlp_module,
+        lambda: dict(hidden=(256, 256), num_classes=10, activation="relu", dropout_rate=0.1, **_PRECISION),
+        "classification", _image_input,
+    ),
+    "cnn": ModelSpec(
+        "cnn", _cnn_module,
+        lambda: dict(channels=(32, 64), dense=128, num_classes=10, activation="relu", dropout_rate=0.1, **_PRECISION),
+        "classification", _image_input,
     ),
 }
 

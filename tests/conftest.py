@@ -32,9 +32,10 @@ def tiny_config(model: str = "transformer", **overrides):
     """A seconds-sized config; keyword overrides use '__' for '.', e.g. train__steps=6."""
     from train.config import apply_overrides, get_config
 
-    values = dict(TINY)
+    base = get_config(model)
+    values = {k: v for k, v in TINY.items() if k.split(".")[1] in base[k.split(".")[0]]}  # keys this family has
     values.update({k.replace("__", "."): str(v) for k, v in overrides.items()})
-    return apply_overrides(get_config(model), values)
+    return apply_overrides(base, values)
 
 
 def tiny_cli_flags(**overrides) -> list[str]:

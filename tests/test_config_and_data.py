@@ -58,15 +58,15 @@ def test_embedded_corpus_is_split_by_topic_deterministically():
 def test_iterator_batches_are_a_pure_function_of_position():
     data = np.arange(1000, dtype=np.uint8)
     it = data_lib.TextWindowIterator(data, 4, 16, seed=3)
-    first = [next(it) for _ in range(5)]
+    first = [next(it)["tokens"] for _ in range(5)]
     assert it.get_state() == {"position": 5}
     it2 = data_lib.TextWindowIterator(data, 4, 16, seed=3)
     it2.set_state({"position": 3})
-    np.testing.assert_array_equal(next(it2), first[3])
+    np.testing.assert_array_equal(next(it2)["tokens"], first[3])
     assert first[0].shape == (4, 17) and first[0].dtype == np.int32
     assert (np.diff(first[0], axis=1) % 256 == 1).all()  # contiguous windows
     # two process shards together are the global batch
-    halves = [data_lib.TextWindowIterator(data, 4, 16, seed=3, shard=i, num_shards=2).batch_at(0) for i in (0, 1)]
+    halves = [data_lib.TextWindowIterator(data, 4, 16, seed=3, shard=i, num_shards=2).batch_at(0)["tokens"] for i in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(halves), first[0])
 
 

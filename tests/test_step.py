@@ -29,7 +29,7 @@ def test_train_step_traces_once_and_loss_falls():
     step = jax.jit(chex.assert_max_traces(step, n=1), donate_argnums=0)
     losses = []
     for i in range(30):
-        state, metrics = step(state, jnp.asarray(next(it)), jax.random.PRNGKey(i))
+        state, metrics = step(state, jax.tree.map(jnp.asarray, next(it)), jax.random.PRNGKey(i))
         losses.append(float(metrics["loss"]))
     assert int(state.step) == 30
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
@@ -37,7 +37,7 @@ def test_train_step_traces_once_and_loss_falls():
 
 def test_gradient_accumulation_matches_the_full_batch():
     config, module, tx, state, it = _setup()
-    batch = jnp.asarray(next(it))
+    batch = jax.tree.map(jnp.asarray, next(it))
     full = make_train_step(module=module, task=get_task("lm"), tx=tx, grad_accum_steps=1)
     accum = make_train_step(module=module, task=get_task("lm"), tx=tx, grad_accum_steps=4)
     s_full, m_full = jax.jit(full)(state, batch, jax.random.PRNGKey(0))
@@ -51,10 +51,10 @@ def test_gradient_accumulation_matches_the_full_batch():
 def test_non_finite_step_keeps_params_and_records_the_step():
     config, module, tx, state, it = _setup()
     step = jax.jit(make_train_step(module=module, task=get_task("lm"), tx=tx))
-    state, _ = step(state, jnp.asarray(next(it)), jax.random.PRNGKey(0))
+    state, _ = step(state, jax.tree.map(jnp.asarray, next(it)), jax.random.PRNGKey(0))
     assert int(state.nonfinite_step) == -1
     poisoned = state.replace(params={**state.params, "embed": {"embedding": state.params["embed"]["embedding"].at[:].set(jnp.nan)}})
-    after, metrics = step(poisoned, jnp.asarray(next(it)), jax.random.PRNGKey(1))
+    after, metrics = step(poisoned, jax.tree.map(jnp.asarray, next(it)), jax.random.PRNGKey(1))
     assert not np.isfinite(float(metrics["loss"]))
     assert int(after.nonfinite_step) == 1 and int(after.step) == 2
     for a, b in zip(jax.tree.leaves(after.opt_state), jax.tree.leaves(poisoned.opt_state)):

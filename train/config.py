@@ -25,7 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # empty: the embedded default data set of the model's task
-    c.data.seq_len = 128
+    c.data.seq_len = 128  # language models: bytes per training window
+    c.data.image_size = 0  # image models: resize to this many pixels square (0 = native size)
     c.data.val_fraction = 0.1  # for a user text file: the tail fraction held out
 
     c.model = ml_collections.ConfigDict()
@@ -79,6 +80,16 @@ _FAMILY_DEFAULTS: dict[str, dict[str, dict]] = {
         ),
         "checkpoint": dict(every=200, keep=3),
     },
+    "mlp": {
+        "data": dict(val_fraction=0.2),
+        "train": dict(steps=1500, batch_size=64, learning_rate=1e-3, warmup_steps=50, weight_decay=1e-4, log_every=50, eval_every=250),
+        "checkpoint": dict(every=500, keep=2),
+    },
+    "cnn": {
+        "data": dict(val_fraction=0.2, image_size=16),
+        "train": dict(steps=1500, batch_size=64, learning_rate=1e-3, warmup_steps=50, weight_decay=1e-4, log_every=50, eval_every=250),
+        "checkpoint": dict(every=500, keep=2),
+    },
 }
 
 
@@ -116,7 +127,8 @@ def _convert(key: str, raw: str, current):
         if kind is str:
             return raw
         if kind is tuple:
-            return tuple(p.strip() for p in raw.split(",") if p.strip())
+            element = type(current[0]) if current else str
+            return tuple(element(p.strip()) for p in raw.split(",") if p.strip())
     except ValueError:
         pass
     raise ConfigError(f"bad value for config.{key}: {raw!r} is not a valid {kind.__name__}")
@@ -162,6 +174,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (config.checkpoint.keep >= 1, "checkpoint.keep must be >= 1"),
         (config.data.seq_len >= 2, "data.seq_len must be >= 2"),
         (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
+        (config.data.image_size >= 0, "data.image_size must be >= 0"),
     ]
     if "max_len" in config.model:
         checks.append((config.data.seq_len <= config.model.max_len, "data.seq_len must be <= model.max_len"))
@@ -169,6 +182,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         for field in ("dtype", "param_dtype"):
             value = config.model[field]
             checks.append((value in ("float32", "bfloat16", "float16"), f"model.{field} must be one of float32, bfloat16, float16 (got {value!r})"))
+    if "activation" in config.model:
+        from arch.mlp import ACTIVATIONS
+
+        checks.append((config.model.activation in ACTIVATIONS, f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {config.model.activation!r})"))
+    if "num_classes" in config.model:
+        checks.append((config.model.num_classes >= 2, "model.num_classes must be >= 2"))
     if "positional" in config.model:
         checks.append((config.model.positional in ("rotary", "learned"), f"model.positional must be 'rotary' or 'learned' (got {config.model.positional!r})"))
     if "num_heads" in config.model:

@@ -71,27 +71,20 @@ def load_text(path: str, val_fraction: float, seq_len: int) -> TextSplits:
     return embedded_text_splits()
 
 
-class TextWindowIterator:
-    """Random windows of ``seq_len + 1`` bytes; batch ``i`` is a pure function of (seed, i).
-
-    Its whole state is ``position`` (batches produced so far), saved in every checkpoint, so a
-    resumed run sees exactly the batches an uninterrupted run would have seen. ``shard`` /
-    ``num_shards`` select this process's rows of the global batch for multi-host runs.
+class PositionIterator:
+    """A batch iterator whose whole state is ``position``: batch ``i`` is a pure function of
+    (seed, i), so a checkpointed position resumes exactly the batches an uninterrupted run sees.
+    ``shard`` / ``num_shards`` select this process's rows of the global batch (multi-host).
     """
 
-    def __init__(self, data: np.ndarray, batch_size: int, seq_len: int, seed: int, *, shard: int = 0, num_shards: int = 1):
-        if len(data) < seq_len + 1:
-            raise DataError(f"text of {len(data)} bytes is shorter than one window of {seq_len + 1}")
+    def __init__(self, batch_size: int, seed: int, *, shard: int = 0, num_shards: int = 1):
         if batch_size % num_shards:
             raise DataError(f"batch_size {batch_size} is not divisible by {num_shards} processes")
-        self.data = data
         self.batch_size = batch_size
-        self.seq_len = seq_len
         self.seed = seed
         self.shard = shard
         self.num_shards = num_shards
         self.position = 0
-        self._window = np.arange(seq_len + 1)
 
     def get_state(self) -> dict:
         return {"position": int(self.position)}
@@ -99,20 +92,58 @@ class TextWindowIterator:
     def set_state(self, state: dict) -> None:
         self.position = int(state["position"])
 
-    def batch_at(self, position: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, position])
-        starts = rng.integers(0, len(self.data) - self.seq_len, size=self.batch_size)
+    def _local_rows(self, rows: np.ndarray) -> np.ndarray:
         per = self.batch_size // self.num_shards
-        starts = starts[self.shard * per : (self.shard + 1) * per]
-        return self.data[starts[:, None] + self._window].astype(np.int32)
+        return rows[self.shard * per : (self.shard + 1) * per]
+
+    def batch_at(self, position: int) -> dict:
+        raise NotImplementedError
 
     def __iter__(self):
         return self
 
-    def __next__(self) -> np.ndarray:
+    def __next__(self) -> dict:
         batch = self.batch_at(self.position)
         self.position += 1
         return batch
+
+
+class ArrayIterator(PositionIterator):
+    """Shuffled mini-batches of aligned arrays (e.g. images and labels), a new order each epoch."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int, *, shard: int = 0, num_shards: int = 1):
+        super().__init__(batch_size, seed, shard=shard, num_shards=num_shards)
+        self.arrays = arrays
+        self.size = len(next(iter(arrays.values())))
+        if self.size < batch_size:
+            raise DataError(f"{self.size} training examples are fewer than train.batch_size={batch_size}")
+        self.batches_per_epoch = self.size // batch_size
+
+    def batch_at(self, position: int) -> dict:
+        epoch, index = divmod(position, self.batches_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+        rows = self._local_rows(order[index * self.batch_size : (index + 1) * self.batch_size])
+        return {name: array[rows] for name, array in self.arrays.items()}
+
+
+class TextWindowIterator(PositionIterator):
+    """Random windows of ``seq_len + 1`` bytes; batch ``i`` is a pure function of (seed, i).
+
+    Batches are ``{"tokens": int32 [batch, seq_len + 1]}``.
+    """
+
+    def __init__(self, data: np.ndarray, batch_size: int, seq_len: int, seed: int, *, shard: int = 0, num_shards: int = 1):
+        super().__init__(batch_size, seed, shard=shard, num_shards=num_shards)
+        if len(data) < seq_len + 1:
+            raise DataError(f"text of {len(data)} bytes is shorter than one window of {seq_len + 1}")
+        self.data = data
+        self.seq_len = seq_len
+        self._window = np.arange(seq_len + 1)
+
+    def batch_at(self, position: int) -> dict:
+        rng = np.random.default_rng([self.seed, position])
+        starts = self._local_rows(rng.integers(0, len(self.data) - self.seq_len, size=self.batch_size))
+        return {"tokens": self.data[starts[:, None] + self._window].astype(np.int32)}
 
 
 def eval_windows(data: np.ndarray, seq_len: int) -> np.ndarray:
@@ -120,3 +151,63 @@ def eval_windows(data: np.ndarray, seq_len: int) -> np.ndarray:
     n = (len(data) - 1) // seq_len
     idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)
     return data[idx].astype(np.int32)
+
+
+def padded_eval_batches(arrays: dict[str, np.ndarray], batch_size: int, limit: int = 0) -> list[tuple[dict, np.ndarray]]:
+    """The whole split in fixed-size batches; the last is zero-padded, with weight 0 on padding."""
+    size = len(next(iter(arrays.values())))
+    batches = []
+    for start in range(0, size, batch_size):
+        n = min(batch_size, size - start)
+        weights = np.zeros((batch_size,), np.float32)
+        weights[:n] = 1.0
+        batch = {}
+        for name, array in arrays.items():
+            chunk = array[start : start + n]
+            if n < batch_size:
+                chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+            batch[name] = chunk
+        batches.append((batch, weights))
+    return batches[:limit] if limit > 0 else batches
+
+
+@dataclasses.dataclass
+class Dataset:
+    """What the loop needs from a task's data: a checkpointable train iterator, the held-out
+    split as padded batches, an example input for init, and a description for the log."""
+
+    train: PositionIterator
+    eval_batches: list
+    example_input: np.ndarray
+    source: str
+    description: str
+    num_classes: int = 0
+    held_out_name: str = "validation"  # what the evaluation split is called in the log
+
+
+def make_dataset(task: str, config, *, shard: int = 0, num_shards: int = 1) -> Dataset:
+    """Builds the dataset a task trains on from ``config.data`` (raises DataError on bad input)."""
+    t, d = config.train, config.data
+    if task == "lm":
+        splits = load_text(d.path, d.val_fraction, d.seq_len)
+        return Dataset(
+            train=TextWindowIterator(splits.train, t.batch_size, d.seq_len, config.seed, shard=shard, num_shards=num_shards),
+            eval_batches=padded_eval_batches({"tokens": eval_windows(splits.validation, d.seq_len)}, t.batch_size, t.eval_batches),
+            example_input=np.zeros((1, d.seq_len), np.int32),
+            source=splits.source,
+            description=f"{len(splits.train):,} train / {len(splits.validation):,} validation bytes",
+        )
+    if task == "classification":
+        from train.image_data import load_images
+
+        images = load_images(d.path, d.image_size, d.val_fraction)
+        return Dataset(
+            train=ArrayIterator({"inputs": images.x_train, "labels": images.y_train}, t.batch_size, config.seed, shard=shard, num_shards=num_shards),
+            eval_batches=padded_eval_batches({"inputs": images.x_test, "labels": images.y_test}, t.batch_size, t.eval_batches),
+            example_input=images.x_train[:1],
+            source=images.source,
+            description=f"{len(images.x_train):,} train / {len(images.x_test):,} test images of {images.x_train.shape[1:]}, {images.num_classes} classes",
+            num_classes=images.num_classes,
+            held_out_name="test",
+        )
+    raise ValueError(f"no dataset for task {task!r}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import platform
 import signal
@@ -122,7 +121,11 @@ class Run:
         self.spec = get_model_spec(config.model_name)
         self.task = get_task(self.spec.task)
         # Data first: a bad data path fails before any compile.
-        self.splits = data_lib.load_text(config.data.path, config.data.val_fraction, config.data.seq_len)
+        self.data = data_lib.make_dataset(self.spec.task, config, shard=jax.process_index(), num_shards=jax.process_count())
+        if self.data.num_classes and "num_classes" in config.model and self.data.num_classes > config.model.num_classes:
+            raise data_lib.DataError(
+                f"the data has {self.data.num_classes} classes but model.num_classes={config.model.num_classes}; set --config.model.num_classes"
+            )
 
         self.mesh = parallel.make_mesh(config.parallel.mesh)
         self.rules = parallel.parse_rules(config.parallel.rules, self.mesh)
@@ -137,7 +140,7 @@ class Run:
         self.decode_module = self.spec.make_module(config.model, decode=True)
         self.schedule = learning_rate_schedule(config.train)
         self.tx = make_optimizer(config.train)
-        self.example_input = jnp.zeros((1, config.data.seq_len), jnp.int32)
+        self.example_input = jnp.asarray(self.data.example_input)
 
         init = lambda rng: init_train_state(self.module, self.tx, self.example_input, rng)
         with parallel.mesh_context(self.mesh, self.rules):
@@ -147,7 +150,12 @@ class Run:
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.meta.unbox(boxed), self.state_shardings
         )
         self._init = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=self.state_shardings)
-        self.batch_sharding = parallel.batch_sharding(self.mesh, self.rules, ndim=2)
+        example_batch = self.data.train.batch_at(0)
+        self.batch_sharding = {k: parallel.batch_sharding(self.mesh, self.rules, ndim=v.ndim) for k, v in example_batch.items()}
+        self._global_batch = {
+            k: jax.ShapeDtypeStruct((config.train.batch_size,) + v.shape[1:], v.dtype, sharding=self.batch_sharding[k])
+            for k, v in example_batch.items()
+        }
 
         train_step = make_train_step(
             module=self.module, task=self.task, tx=self.tx, grad_accum_steps=config.train.grad_accum_steps, lr_schedule=self.schedule
@@ -168,34 +176,14 @@ class Run:
 
     def compile_train_step(self):
         """Compiles the train step ahead of time: one compile, memory known before the loop."""
-        global_batch = (self.config.train.batch_size, self.config.data.seq_len + 1)
-        batch = jax.ShapeDtypeStruct(global_batch, jnp.int32, sharding=self.batch_sharding)
         with parallel.mesh_context(self.mesh, self.rules):
-            return self._jit_train_step.lower(self.abstract_state, batch).compile()
+            return self._jit_train_step.lower(self.abstract_state, self._global_batch).compile()
 
-    def train_iterator(self) -> data_lib.TextWindowIterator:
-        return data_lib.TextWindowIterator(
-            self.splits.train,
-            self.config.train.batch_size,
-            self.config.data.seq_len,
-            self.config.seed,
-            shard=jax.process_index(),
-            num_shards=jax.process_count(),
-        )
+    def train_iterator(self) -> data_lib.PositionIterator:
+        return self.data.train
 
-    def eval_batches(self) -> list[tuple[jax.Array, jax.Array]]:
-        windows = data_lib.eval_windows(self.splits.validation, self.config.data.seq_len)
-        size = self.config.train.batch_size
-        batches = []
-        for start in range(0, len(windows), size):
-            chunk = windows[start : start + size]
-            weights = np.zeros((size,), np.float32)
-            weights[: len(chunk)] = 1.0
-            if len(chunk) < size:
-                chunk = np.concatenate([chunk, np.zeros((size - len(chunk), chunk.shape[1]), chunk.dtype)])
-            batches.append((jnp.asarray(chunk), jnp.asarray(weights)))
-        limit = self.config.train.eval_batches
-        return batches[:limit] if limit > 0 else batches
+    def eval_batches(self) -> list[tuple[dict, jax.Array]]:
+        return [(jax.tree.map(jnp.asarray, batch), jnp.asarray(weights)) for batch, weights in self.data.eval_batches]
 
     def evaluate(self, state: TrainState, batches) -> dict:
         sums = None
@@ -267,13 +255,13 @@ def train_and_evaluate(
         say(f"resuming from step {start_step} in {checkpointer.directory}")
 
     n_params = param_count(state.params)
-    write_run_info(workdir, config, {"param_count": n_params, "data_source": run.splits.source,
+    write_run_info(workdir, config, {"param_count": n_params, "data_source": run.data.source,
                                      "mesh": dict(zip(run.mesh.axis_names, map(int, run.mesh.devices.shape)))})
     writer = MetricWriter(workdir, enabled=primary)
     writer.truncate_after(start_step)
     say(
-        f"{config.model_name}: {n_params:,} params | data {run.splits.source}: {len(run.splits.train):,} train / "
-        f"{len(run.splits.validation):,} validation bytes | {jax.device_count()} {jax.default_backend()} device(s), mesh "
+        f"{config.model_name}: {n_params:,} params | data {run.data.source}: {run.data.description} | "
+        f"{jax.device_count()} {jax.default_backend()} device(s), mesh "
         f"{dict(zip(run.mesh.axis_names, map(int, run.mesh.devices.shape)))}"
     )
 
@@ -290,7 +278,7 @@ def train_and_evaluate(
     try:
         with stop.installed():
             while step < end_step and not stop:
-                batch = parallel.put_batch(next(iterator), run.batch_sharding)
+                batch = jax.tree.map(parallel.put_batch, next(iterator), run.batch_sharding)
                 state, metrics = compiled_step(state, batch)
                 totals = metrics if totals is None else _accumulate_jit(totals, metrics)
                 step += 1
@@ -307,7 +295,7 @@ def train_and_evaluate(
                 if step % t.eval_every == 0 and step != t.steps:
                     result = run.evaluate(state, eval_batches)
                     writer.write(step, "eval", result)
-                    bar.write(f"step {step}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+                    bar.write(f"step {step}: {run.data.held_out_name} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
                 if step % config.checkpoint.every == 0 or step == end_step:
                     _check_finite(state)
                     checkpointer.save(step, state, iterator.get_state())
@@ -337,14 +325,12 @@ def train_and_evaluate(
         summary["plot"] = plot_loss_curves(
             read_metrics(writer.path), os.path.join(workdir, "plots", "loss.png"), title=f"{config.model_name} ({workdir})"
         )
-    sample = run.sample(state, config.sample.prompt.encode("utf-8"), config.sample.length,
-                        temperature=config.sample.temperature, top_k=config.sample.top_k, seed=config.seed)
-    summary["sample"] = sample
-    bpb = result["loss"] / math.log(2)
-    say(
-        f"validation at step {step}: loss {result['loss']:.4f} nats = {bpb:.3f} bits per byte "
-        f"(accuracy {result['accuracy']:.3f}); {_format_duration(summary['train_seconds'])} in all"
-    )
-    say(f"sample ({config.sample.length} bytes after {config.sample.prompt!r}):")
-    say(config.sample.prompt + sample.decode("utf-8", errors="replace"))
+    say(f"{run.data.held_out_name} at step {step}: {run.task.report(result)}; "
+        f"{_format_duration(summary['train_seconds'])} in all")
+    if run.spec.task == "lm":
+        sample = run.sample(state, config.sample.prompt.encode("utf-8"), config.sample.length,
+                            temperature=config.sample.temperature, top_k=config.sample.top_k, seed=config.seed)
+        summary["sample"] = sample
+        say(f"sample ({config.sample.length} bytes after {config.sample.prompt!r}):")
+        say(config.sample.prompt + sample.decode("utf-8", errors="replace"))
     return summary

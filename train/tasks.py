@@ -25,13 +25,14 @@ class Task:
     loss_fn: Callable[..., Any]
     eval_sums: Callable[..., dict]
     summarize: Callable[[dict], dict]
+    report: Callable[[dict], str]  # one human line for the final evaluation
 
 
 # --- language modelling: batch is int tokens [B, T+1]; predict tokens[:, 1:] from tokens[:, :-1].
 
 
 def _lm_loss(module, params, model_state, batch, rng, train: bool):
-    inputs, targets = batch[:, :-1], batch[:, 1:]
+    inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
     logits = module.apply(
         {"params": params, **model_state},
         inputs,
@@ -46,7 +47,7 @@ def _lm_loss(module, params, model_state, batch, rng, train: bool):
 
 
 def _lm_eval_sums(module, params, model_state, batch, weights):
-    inputs, targets = batch[:, :-1], batch[:, 1:]
+    inputs, targets = batch["tokens"][:, :-1], batch["tokens"][:, 1:]
     logits = module.apply({"params": params, **model_state}, inputs, deterministic=True)
     token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     w = weights[:, None].astype(jnp.float32)
@@ -63,9 +64,57 @@ def _lm_summarize(sums: dict) -> dict:
     return {"loss": loss, "bits_per_byte": loss / LN2, "accuracy": float(sums["correct_sum"]) / count}
 
 
-LM = Task("lm", _lm_loss, _lm_eval_sums, _lm_summarize)
+def _lm_report(metrics: dict) -> str:
+    return f"loss {metrics['loss']:.4f} nats = {metrics['bits_per_byte']:.3f} bits per byte (accuracy {metrics['accuracy']:.3f})"
 
-TASKS: dict[str, Task] = {"lm": LM}
+
+LM = Task("lm", _lm_loss, _lm_eval_sums, _lm_summarize, _lm_report)
+
+
+# --- classification: batch is {"inputs": [B, ...], "labels": int [B]}. Mutable collections
+# (BatchNorm's batch_stats) update in training and are read frozen in evaluation.
+
+
+def _apply_classifier(module, params, model_state, inputs, rng, train: bool):
+    variables = {"params": params, **model_state}
+    rngs = {"dropout": rng} if train else None
+    if train and model_state:
+        logits, updates = module.apply(variables, inputs, deterministic=False, rngs=rngs, mutable=list(model_state))
+        return logits, dict(updates)
+    return module.apply(variables, inputs, deterministic=not train, rngs=rngs), model_state
+
+
+def _classification_loss(module, params, model_state, batch, rng, train: bool):
+    logits, new_model_state = _apply_classifier(module, params, model_state, batch["inputs"], rng, train)
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]))
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
+    return loss, ({"loss": loss, "accuracy": accuracy}, new_model_state)
+
+
+def _classification_eval_sums(module, params, model_state, batch, weights):
+    logits, _ = _apply_classifier(module, params, model_state, batch["inputs"], None, False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
+    return {
+        "loss_sum": jnp.sum(loss * weights),
+        "correct_sum": jnp.sum((jnp.argmax(logits, -1) == batch["labels"]) * weights),
+        "count": jnp.sum(weights),
+    }
+
+
+def _classification_summarize(sums: dict) -> dict:
+    count = max(float(sums["count"]), 1.0)
+    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct_sum"]) / count}
+
+
+def _classification_report(metrics: dict) -> str:
+    return f"accuracy {100 * metrics['accuracy']:.2f} % (loss {metrics['loss']:.4f})"
+
+
+CLASSIFICATION = Task(
+    "classification", _classification_loss, _classification_eval_sums, _classification_summarize, _classification_report
+)
+
+TASKS: dict[str, Task] = {"lm": LM, "classification": CLASSIFICATION}
 
 
 def get_task(name: str) -> Task:

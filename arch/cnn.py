@@ -1,0 +1,49 @@
+"""The classic small CNN: conv-pool-conv-pool-dense classifier."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from arch.layers import logical_init
+from arch.mlp import activation
+
+
+class CNN(nn.Module):
+    """[Conv 3x3 -> activation -> max-pool 2x2] per entry of ``channels``, then Dense, Dense head."""
+
+    channels: Sequence[int] = (32, 64)
+    dense: int = 128
+    num_classes: int = 10
+    activation: str = "relu"
+    dropout_rate: float = 0.1
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        act = activation(self.activation)
+        x = x.astype(self.dtype)
+        for i, features in enumerate(self.channels):
+            x = nn.Conv(
+                features, kernel_size=(3, 3), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype,
+                kernel_init=logical_init(nn.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")),
+                bias_init=logical_init(nn.initializers.zeros, ("conv_out",)), name=f"conv_{i}",
+            )(x)
+            x = nn.max_pool(act(x), window_shape=(2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.Dense(
+            self.dense, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=logical_init(nn.initializers.lecun_normal(), ("embed", "mlp")),
+            bias_init=logical_init(nn.initializers.zeros, ("mlp",)), name="dense",
+        )(x)
+        x = nn.Dropout(self.dropout_rate)(act(x), deterministic=deterministic)
+        logits = nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=logical_init(nn.initializers.lecun_normal(), ("mlp", "vocab")),
+            bias_init=logical_init(nn.initializers.zeros, ("vocab",)), name="head",
+        )(x)
+        return logits.astype(jnp.float32)

@@ -1,0 +1,137 @@
+"""Image classifiers (MLP, CNN), their data loaders, and a short real training run."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from arch import get_model_spec
+from train import data as data_lib
+from train.data import ArrayIterator, DataError
+from train.image_data import load_images
+from train.loop import train_and_evaluate
+from train.state import init_train_state, make_optimizer, param_count
+from train.step import make_train_step
+from train.tasks import get_task
+
+FAMILIES = {
+    # name: (overrides, input shape, parameter count worked out by hand)
+    "mlp": ({"model__hidden": "32"}, (8, 8, 1), 64 * 32 + 32 + 32 * 10 + 10),
+    "cnn": ({"model__channels": "4,8", "model__dense": "16", "data__image_size": "16"}, (16, 16, 1),
+            (9 * 1 * 4 + 4) + (9 * 4 * 8 + 8) + (4 * 4 * 8 * 16 + 16) + (16 * 10 + 10)),
+}
+
+
+def _classifier(name):
+    overrides, shape, count = FAMILIES[name]
+    config = tiny_config(name, **overrides)
+    module = get_model_spec(name).make_module(config.model)
+    x = jnp.asarray(np.random.default_rng(0).random((4,) + shape), jnp.float32)
+    return config, module, x, count
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_shape_and_parameter_count(name):
+    _, module, x, count = _classifier(name)
+    params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), x)["params"])
+    assert module.apply({"params": params}, x).shape == (4, 10)
+    assert param_count(params) == count
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_parameter_gets_a_finite_nonzero_gradient(name):
+    _, module, x, _ = _classifier(name)
+    params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), x)["params"])
+    labels = jnp.arange(4) % 10
+    batch = {"inputs": x, "labels": labels}
+    grads = jax.grad(lambda p: get_task("classification").loss_fn(module, p, {}, batch, jax.random.PRNGKey(1), True)[0])(params)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_overfits_one_batch(name):
+    config, module, x, _ = _classifier(name)
+    config = tiny_config(name, **FAMILIES[name][0], train__learning_rate="1e-2", train__warmup_steps="0", train__weight_decay="0", train__steps="200",
+                         model__dropout_rate="0")
+    tx = make_optimizer(config.train)
+    x = jnp.asarray(np.random.default_rng(0).random((16,) + FAMILIES[name][1]), jnp.float32)
+    batch = {"inputs": x, "labels": jnp.arange(16) % 10}
+    state = nn.meta.unbox(init_train_state(module, tx, x[:1], jax.random.PRNGKey(0)))
+    step = jax.jit(make_train_step(module=module, task=get_task("classification"), tx=tx))
+    first = None
+    for i in range(200):
+        state, metrics = step(state, batch, jax.random.PRNGKey(i))
+        first = float(metrics["loss"]) if first is None else first
+    assert float(metrics["loss"]) < first / 10 and float(metrics["accuracy"]) == 1.0
+
+
+def test_array_iterator_visits_every_example_once_per_epoch_and_resumes():
+    arrays = {"inputs": np.arange(20, dtype=np.float32)[:, None], "labels": np.arange(20, dtype=np.int32)}
+    it = ArrayIterator(arrays, 5, seed=1)
+    epoch = np.concatenate([next(it)["labels"] for _ in range(4)])
+    assert sorted(epoch.tolist()) == list(range(20))
+    second = np.concatenate([next(it)["labels"] for _ in range(4)])
+    assert sorted(second.tolist()) == list(range(20)) and not np.array_equal(epoch, second)
+    again = ArrayIterator(arrays, 5, seed=1)
+    again.set_state({"position": 6})
+    np.testing.assert_array_equal(next(again)["labels"], second[10:15])
+
+
+def test_digits_default_split_is_fixed_and_resized():
+    a = load_images("", 16, 0.2)
+    b = load_images("", 0, 0.2)
+    assert a.x_train.shape == (1438, 16, 16, 1) and b.x_train.shape == (1438, 8, 8, 1)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    assert a.num_classes == 10 and 0.0 <= a.x_train.min() and a.x_train.max() <= 1.0
+
+
+def test_npz_and_cifar_loaders_and_their_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.npz"
+    np.savez(good, x=rng.integers(0, 255, (30, 12, 12)).astype(np.uint8), y=np.arange(30) % 3)
+    splits = load_images(str(good), 8, 0.2)
+    assert splits.x_train.shape == (24, 8, 8, 1) and splits.num_classes == 3 and splits.x_train.max() <= 1.0
+
+    missing_key = tmp_path / "nokey.npz"
+    np.savez(missing_key, images=np.zeros((4, 8, 8)))
+    with pytest.raises(DataError, match="must hold arrays 'x'"):
+        load_images(str(missing_key), 0, 0.2)
+    not_zip = tmp_path / "broken.npz"
+    not_zip.write_bytes(b"this is not a zip file")
+    with pytest.raises(DataError, match="not a readable .npz"):
+        load_images(str(not_zip), 0, 0.2)
+    bad_shape = tmp_path / "shape.npz"
+    np.savez(bad_shape, x=np.zeros((4, 8)), y=np.zeros(4, int))
+    with pytest.raises(DataError, match="expected x"):
+        load_images(str(bad_shape), 0, 0.2)
+
+    records = np.concatenate([np.arange(10, dtype=np.uint8)[:, None], rng.integers(0, 255, (10, 3072)).astype(np.uint8)], axis=1)
+    cifar_dir = tmp_path / "cifar"
+    cifar_dir.mkdir()
+    records.tofile(cifar_dir / "data_batch_1.bin")
+    splits = load_images(str(cifar_dir), 0, 0.2)
+    assert splits.x_train.shape == (8, 32, 32, 3) and splits.num_classes == 10
+    (tmp_path / "torn.bin").write_bytes(records.tobytes()[:-5])
+    with pytest.raises(DataError, match="not a CIFAR-10 binary batch"):
+        load_images(str(tmp_path / "torn.bin"), 0, 0.2)
+    (tmp_path / "x.csv").write_text("1,2")
+    with pytest.raises(DataError, match="unknown image format; valid: .npz"):
+        load_images(str(tmp_path / "x.csv"), 0, 0.2)
+
+
+def test_too_many_classes_for_the_head_is_a_clear_error(tmp_path):
+    path = tmp_path / "many.npz"
+    np.savez(path, x=np.zeros((40, 8, 8)), y=np.arange(40) % 12)
+    with pytest.raises(DataError, match="12 classes but model.num_classes=10"):
+        train_and_evaluate(tiny_config("mlp", data__path=str(path)), str(tmp_path / "run"), progress=False, echo=lambda *a: None)
+
+
+def test_mlp_learns_digits_in_a_short_run(tmp_path):
+    config = tiny_config("mlp", train__steps=200, train__batch_size=32, train__learning_rate="3e-3", train__eval_batches=0,
+                         checkpoint__every=100, parallel__mesh="data:2")
+    summary = train_and_evaluate(config, str(tmp_path), progress=False, echo=lambda *a: None)
+    assert summary["eval"]["accuracy"] > 0.9
+    assert "sample" not in summary
