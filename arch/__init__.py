@@ -95,12 +95,44 @@ def _cnn_module(model_config, decode: bool = False) -> nn.Module:
                dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
 
 
+_PRECISION = dict(dtype="float32", param_dtype="float32")
+
+
+def _resnet_module(depth: int):
+    def make(model_config, decode: bool = False) -> nn.Module:
+        from arch.resnet import ResNet
+
+        c = model_config
+        return ResNet(depth=depth, num_classes=c.num_classes, width=c.width, stem=c.stem, bn_momentum=c.bn_momentum,
+                      dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
+
+    return make
+
+
+def _resnet_defaults() -> dict[str, Any]:
+    return dict(num_classes=10, width=16, stem="cifar", bn_momentum=0.9, **_PRECISION)
+
+
+def _recurrent_module(kind: str):
+    def make(model_config, decode: bool = False) -> nn.Module:
+        from arch.rnn import RecurrentLM
+
+        c = model_config
+        return RecurrentLM(kind=kind, vocab_size=c.vocab_size, embed_dim=c.embed_dim, hidden=c.hidden, num_layers=c.num_layers,
+                           dropout_rate=c.dropout_rate, decode=decode, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
+
+    return make
+
+
+def _recurrent_defaults() -> dict[str, Any]:
+    # max_len only bounds the prompt the sampler feeds; the recurrent state has no context limit.
+    return dict(vocab_size=256, embed_dim=64, hidden=512, num_layers=1, dropout_rate=0.0, max_len=128, **_PRECISION)
+
+
 def _image_input(config) -> np.ndarray:
     size = config.data.image_size or 8
     return np.zeros((1, size, size, 1), np.float32)
 
-
-_PRECISION = dict(dtype="float32", param_dtype="float32")
 
 MODELS: dict[str, ModelSpec] = {
     "transformer": ModelSpec(
@@ -120,6 +152,14 @@ MODELS: dict[str, ModelSpec] = {
         lambda: dict(channels=(32, 64), dense=128, num_classes=10, activation="relu", dropout_rate=0.1, **_PRECISION),
         "classification", _image_input,
     ),
+    **{
+        kind: ModelSpec(kind, _recurrent_module(kind), _recurrent_defaults, "lm", lambda config: np.zeros((1, config.data.seq_len), np.int32))
+        for kind in ("lstm", "gru", "rnn")
+    },
+    **{
+        f"resnet{depth}": ModelSpec(f"resnet{depth}", _resnet_module(depth), _resnet_defaults, "classification", _image_input)
+        for depth in (18, 34, 50)
+    },
 }
 
 

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import logical_init
+from arch.layers import logical_dense, logical_init
 from arch.mlp import activation
 
 
@@ -35,15 +35,7 @@ class CNN(nn.Module):
             )(x)
             x = nn.max_pool(act(x), window_shape=(2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(
-            self.dense, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=logical_init(nn.initializers.lecun_normal(), ("embed", "mlp")),
-            bias_init=logical_init(nn.initializers.zeros, ("mlp",)), name="dense",
-        )(x)
+        x = logical_dense(self.dense, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(x)
         x = nn.Dropout(self.dropout_rate)(act(x), deterministic=deterministic)
-        logits = nn.Dense(
-            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=logical_init(nn.initializers.lecun_normal(), ("mlp", "vocab")),
-            bias_init=logical_init(nn.initializers.zeros, ("vocab",)), name="head",
-        )(x)
+        logits = logical_dense(self.num_classes, ("mlp", "vocab"), dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
         return logits.astype(jnp.float32)

@@ -23,6 +23,15 @@ def logical_init(init_fn, axes: tuple[str | None, ...]):
     return nn.with_logical_partitioning(init_fn, axes)
 
 
+def logical_dense(features: int, axes: tuple[str, str], *, dtype: Dtype, param_dtype: Dtype, name: str, kernel_init=None) -> nn.Dense:
+    """nn.Dense whose kernel/bias carry logical axis names (``axes`` = (input, output))."""
+    return nn.Dense(
+        features, dtype=dtype, param_dtype=param_dtype, name=name,
+        kernel_init=logical_init(kernel_init or nn.initializers.lecun_normal(), axes),
+        bias_init=logical_init(nn.initializers.zeros, axes[1:]),
+    )
+
+
 def token_matmul(x: jax.Array, kernel: jax.Array, dtype: Dtype) -> jax.Array:
     """``x[..., d] @ kernel[d, ...]`` computed as one 2-D matmul over all tokens.
 

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import logical_init
+from arch.layers import logical_dense
 
 ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu, "elu": nn.elu}
 
@@ -34,15 +34,7 @@ class MLP(nn.Module):
         x = x.reshape(x.shape[0], -1).astype(self.dtype)
         act = activation(self.activation)
         for i, width in enumerate(self.hidden):
-            x = nn.Dense(
-                width, dtype=self.dtype, param_dtype=self.param_dtype,
-                kernel_init=logical_init(nn.initializers.lecun_normal(), ("embed", "mlp")),
-                bias_init=logical_init(nn.initializers.zeros, ("mlp",)), name=f"dense_{i}",
-            )(x)
+            x = logical_dense(width, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype, name=f"dense_{i}")(x)
             x = nn.Dropout(self.dropout_rate)(act(x), deterministic=deterministic)
-        logits = nn.Dense(
-            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=logical_init(nn.initializers.lecun_normal(), ("mlp", "vocab")),
-            bias_init=logical_init(nn.initializers.zeros, ("vocab",)), name="head",
-        )(x)
+        logits = logical_dense(self.num_classes, ("mlp", "vocab"), dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
         return logits.astype(jnp.float32)

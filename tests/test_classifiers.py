@@ -135,3 +135,74 @@ def test_mlp_learns_digits_in_a_short_run(tmp_path):
     summary = train_and_evaluate(config, str(tmp_path), progress=False, echo=lambda *a: None)
     assert summary["eval"]["accuracy"] > 0.9
     assert "sample" not in summary
+
+
+def _resnet(depth, width=2):
+    config = tiny_config(f"resnet{depth}", model__width=str(width), data__image_size="8")
+    module = get_model_spec(f"resnet{depth}").make_module(config.model)
+    x = jnp.asarray(np.random.default_rng(0).random((4, 8, 8, 1)), jnp.float32)
+    variables = nn.meta.unbox(module.init(jax.random.PRNGKey(0), x))
+    return module, x, variables
+
+
+def test_resnet18_shape_and_parameter_count():
+    module, x, variables = _resnet(18)
+    assert module.apply(variables, x).shape == (4, 10)
+    conv = lambda k, cin, cout: k * k * cin * cout
+    basic = lambda cin, cout: conv(3, cin, cout) + conv(3, cout, cout) + 4 * cout + ((conv(1, cin, cout) + 2 * cout) if cin != cout else 0)
+    expected = conv(3, 1, 2) + 4
+    for cin, cout in ((2, 2), (2, 4), (4, 8), (8, 16)):
+        expected += basic(cin, cout) + basic(cout, cout)
+    expected += 16 * 10 + 10
+    assert param_count(variables["params"]) == expected == 11384
+    assert set(variables) == {"params", "batch_stats"}
+
+
+@pytest.mark.parametrize("depth", [34, 50])
+def test_deeper_resnets_have_their_stage_layout(depth):
+    module, x, variables = _resnet(depth)
+    assert module.apply(variables, x).shape == (4, 10)
+    blocks = [k for k in variables["params"] if k.startswith("stage")]
+    assert len(blocks) == 16 and "stage4_block3" in blocks
+    last = variables["params"]["stage4_block3"]
+    assert ("conv3" in last) == (depth == 50)  # bottleneck blocks only in ResNet-50
+    assert variables["params"]["head"]["kernel"].shape[0] == (16 * 4 if depth == 50 else 16)
+
+
+def test_batchnorm_statistics_update_in_training_and_freeze_in_eval():
+    module, x, variables = _resnet(18)
+    task = get_task("classification")
+    batch = {"inputs": x * 3 + 1, "labels": jnp.arange(4)}
+    params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
+    _, (_, trained_state) = task.loss_fn(module, params, model_state, batch, jax.random.PRNGKey(0), True)
+    _, (_, eval_state) = task.loss_fn(module, params, model_state, batch, jax.random.PRNGKey(0), False)
+    before = jax.tree.leaves(model_state)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(trained_state), before))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(eval_state), before))
+    # eval uses the running statistics: the output does not depend on the rest of the batch
+    single = module.apply(variables, batch["inputs"][:1])
+    np.testing.assert_allclose(module.apply(variables, batch["inputs"])[:1], single, atol=1e-5)
+
+
+def test_batchnorm_state_is_checkpointed_and_restored(tmp_path):
+    from train.checkpoint import restore_params
+
+    config = tiny_config("resnet18", model__width="2", data__image_size="8", train__steps=4, checkpoint__every=4, parallel__mesh="data:1")
+    train_and_evaluate(config, str(tmp_path), progress=False, echo=lambda *a: None)
+    _, _, model_state, step = restore_params(str(tmp_path), notify=lambda m: None)
+    assert step == 4 and "batch_stats" in model_state
+    means = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(model_state) if "mean" in jax.tree_util.keystr(path)]
+    assert means and any(np.abs(m).sum() > 0 for m in means)  # moved away from the zero init
+
+
+def test_restore_uses_the_shape_the_run_was_trained_on(tmp_path):
+    from train.checkpoint import restore_params
+
+    path = tmp_path / "rgb.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.random((40, 12, 12, 3)).astype(np.float32), y=np.arange(40) % 10)
+    config = tiny_config("cnn", model__channels="4,8", model__dense="16", data__path=str(path), data__image_size="0",
+                         train__steps=2, checkpoint__every=2, parallel__mesh="data:1")
+    train_and_evaluate(config, str(tmp_path / "run"), progress=False, echo=lambda *a: None)
+    _, params, _, step = restore_params(str(tmp_path / "run"), notify=lambda m: None)
+    assert step == 2 and params["conv_0"]["kernel"].shape == (3, 3, 3, 4) and params["dense"]["kernel"].shape == (3 * 3 * 8, 16)

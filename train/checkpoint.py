@@ -97,8 +97,8 @@ def _check_restored(state: TrainState, step: int) -> None:
         raise CheckpointError(f"state.step={int(state.step)} does not match directory step {step}")
 
 
-def load_run_config(workdir: str):
-    """The resolved config a run in ``workdir`` was trained with (from its config.json)."""
+def load_run_info(workdir: str) -> dict:
+    """The run's config.json: resolved config, versions, mesh, example input shape."""
     import json
 
     import ml_collections
@@ -111,7 +111,8 @@ def load_run_config(workdir: str):
     try:
         with open(path) as f:
             info = json.load(f)
-        return ml_collections.ConfigDict(info["config"])
+        info["config"] = ml_collections.ConfigDict(info["config"])
+        return info
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is not a valid run config ({e})") from None
 
@@ -124,11 +125,15 @@ def restore_params(workdir: str, notify=print):
     from arch import get_model_spec
     from train.state import init_train_state, make_optimizer
 
-    config = load_run_config(workdir)
+    info = load_run_info(workdir)
+    config = info["config"]
     spec = get_model_spec(config.model_name)
     module = spec.make_module(config.model)
     tx = make_optimizer(config.train)
-    example = jnp.zeros((1, config.data.seq_len), jnp.int32)
+    if "example_input" in info:  # the shape the run was initialised with (image size, channels)
+        example = jnp.zeros(info["example_input"]["shape"], info["example_input"]["dtype"])
+    else:
+        example = jnp.asarray(spec.example_input(config))
     boxed = jax.eval_shape(lambda: init_train_state(module, tx, example, jax.random.PRNGKey(0)))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), nn.meta.unbox(boxed))

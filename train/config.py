@@ -80,10 +80,25 @@ _FAMILY_DEFAULTS: dict[str, dict[str, dict]] = {
         ),
         "checkpoint": dict(every=200, keep=3),
     },
+    **{
+        kind: {
+            "train": dict(steps=450, batch_size=32, learning_rate=3e-3, warmup_steps=30, weight_decay=0.0, log_every=25, eval_every=150),
+            "checkpoint": dict(every=150, keep=3),
+        }
+        for kind in ("lstm", "gru", "rnn")
+    },
     "mlp": {
         "data": dict(val_fraction=0.2),
         "train": dict(steps=1500, batch_size=64, learning_rate=1e-3, warmup_steps=50, weight_decay=1e-4, log_every=50, eval_every=250),
         "checkpoint": dict(every=500, keep=2),
+    },
+    **{
+        f"resnet{depth}": {
+            "data": dict(val_fraction=0.2, image_size=32),
+            "train": dict(steps=600, batch_size=64, learning_rate=2e-3, warmup_steps=50, weight_decay=5e-4, log_every=25, eval_every=100),
+            "checkpoint": dict(every=100, keep=2),
+        }
+        for depth in (18, 34, 50)
     },
     "cnn": {
         "data": dict(val_fraction=0.2, image_size=16),
@@ -186,6 +201,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         from arch.mlp import ACTIVATIONS
 
         checks.append((config.model.activation in ACTIVATIONS, f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {config.model.activation!r})"))
+    if "stem" in config.model:
+        checks.append((config.model.stem in ("cifar", "imagenet"), f"model.stem must be 'cifar' or 'imagenet' (got {config.model.stem!r})"))
+        checks.append((config.model.width >= 1, "model.width must be >= 1"))
     if "num_classes" in config.model:
         checks.append((config.model.num_classes >= 2, "model.num_classes must be >= 2"))
     if "positional" in config.model:

@@ -256,6 +256,7 @@ def train_and_evaluate(
 
     n_params = param_count(state.params)
     write_run_info(workdir, config, {"param_count": n_params, "data_source": run.data.source,
+                                     "example_input": {"shape": list(run.example_input.shape), "dtype": str(run.example_input.dtype)},
                                      "mesh": dict(zip(run.mesh.axis_names, map(int, run.mesh.devices.shape)))})
     writer = MetricWriter(workdir, enabled=primary)
     writer.truncate_after(start_step)

@@ -71,24 +71,28 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def plot_loss_curves(records: Iterable[dict], out_path: str, *, title: str = "") -> str:
-    """Train and eval loss against step, saved as a PNG."""
+    """Train and held-out loss against step (and accuracy, when logged) saved as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = list(records)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for split, style in (("train", "-"), ("eval", "o-")):
-        points = [(r["step"], r["loss"]) for r in records if r.get("split") == split and isinstance(r.get("loss"), (int, float))]
-        if points:
-            steps, losses = zip(*points)
-            ax.plot(steps, losses, style, label="validation" if split == "eval" else "train", markersize=4)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    panels = [("loss", "loss (nats)")]
+    if any(isinstance(r.get("accuracy"), (int, float)) for r in records):
+        panels.append(("accuracy", "accuracy"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), dpi=110, squeeze=False)
+    for ax, (metric, label) in zip(axes[0], panels):
+        for split, style in (("train", "-"), ("eval", "o-")):
+            points = [(r["step"], r[metric]) for r in records if r.get("split") == split and isinstance(r.get(metric), (int, float))]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, style, label="held-out" if split == "eval" else "train", markersize=4)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     fig.savefig(out_path)
