@@ -53,6 +53,9 @@ def quiet_logs() -> None:
         pass
     for name in ("absl", "orbax", "jax"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # orbax reads a damaged checkpoint through asyncio; its shutdown logs every cancelled read
+    # at ERROR. The loader reports the damage itself in one line.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def describe_config(config, prefix: str = "") -> list[str]:

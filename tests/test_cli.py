@@ -147,6 +147,9 @@ def test_bad_input_leaves_existing_checkpoints_untouched(trained):
     for extra in (["--config.train.steps=x"], ["--config.nope=1"], ["--config.data.path=/missing.txt"]):
         proc = run_cli("launch.train", "--model=transformer", f"--workdir={workdir}", *extra)
         assert proc.returncode == 2
+    # a different model config against these checkpoints is a config error, not damage
+    proc = train(workdir, model__d_model="16")
+    assert_one_line_error(proc, "was written with a different model/optimizer config", "use the config it was trained with")
     assert tree_digest(workdir / "checkpoints") == before
 
 

@@ -8,6 +8,7 @@ so a checkpoint written on one mesh loads onto another.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -56,8 +57,13 @@ class Checkpointer:
         steps = self.all_steps()
         if not steps:
             return None
-        unreadable = []
+        unreadable, mismatches = [], []
         for step in reversed(steps):
+            mismatch = self._incompatibility(step, abstract_state)
+            if mismatch:  # a different config, or metadata too damaged to match: don't read the arrays
+                mismatches.append((step, mismatch))
+                unreadable.append(step)
+                continue
             try:
                 state, data_state = self.restore(step, abstract_state)
                 _check_restored(state, step)
@@ -66,16 +72,53 @@ class Checkpointer:
                 notify(f"checkpoint step {step} in {self.directory} is unreadable ({reason}); trying the previous one")
                 unreadable.append(step)
                 continue
+            for bad, why in mismatches:
+                notify(f"checkpoint step {bad} in {self.directory} does not match the state ({why}); treating it as damaged")
             if unreadable:
                 notify(f"resuming from step {step}; unreadable steps kept aside as <step>.unreadable")
                 if jax.process_index() == 0:
                     for bad in unreadable:
                         self._move_aside(bad)
             return state, data_state, step
+        config_mismatches = [(step, why) for step, why in mismatches if not why.endswith("missing from the checkpoint")]
+        if config_mismatches:  # shapes differ, or the checkpoint has extra entries: not truncation
+            step, why = config_mismatches[0]
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} was written with a different model/optimizer config ({why}); "
+                "use the config it was trained with, or another --workdir"
+            )
         raise CheckpointError(
-            f"no intact checkpoint in {self.directory} (tried steps {', '.join(map(str, reversed(steps)))}); "
-            "refusing to start over: move the directory away to train from scratch"
+            f"no intact checkpoint in {self.directory} (tried steps {', '.join(map(str, reversed(steps)))}"
+            + (f"; newest: {mismatches[0][1]}" if mismatches else "")
+            + "); refusing to start over: move the directory away to train from scratch"
         )
+
+    def _incompatibility(self, step: int, abstract_state: TrainState) -> str | None:
+        """Why the saved state's shapes differ from this config's, or None if they match.
+
+        Read from orbax's metadata only, so a config mismatch is reported in one line without
+        reading (and failing on) every array of every step. Unreadable metadata returns None and
+        is left to the restore attempt.
+        """
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)  # orbax warns that the item dir has no step metadata
+        try:
+            saved = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
+            saved = _shapes_by_path(getattr(saved, "item_metadata", saved))
+        except Exception:
+            return None
+        finally:
+            absl_logger.setLevel(level)
+        wanted = _shapes_by_path(abstract_state)
+        if saved == wanted:
+            return None
+        differing = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
+        if differing:
+            key = differing[0]
+            return f"{key} is {saved[key]} in the checkpoint but {wanted[key]} in this config"
+        key = sorted(saved.keys() ^ wanted.keys())[0]
+        return f"{key} is {'only in the checkpoint' if key in saved else 'missing from the checkpoint'}"
 
     def _move_aside(self, step: int) -> None:
         src = os.path.join(self.directory, str(step))
@@ -90,6 +133,20 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _shapes_by_path(tree) -> dict[str, tuple]:
+    def name(entry):
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    return {
+        ".".join(name(e) for e in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if hasattr(leaf, "shape")
+    }
 
 
 def _check_restored(state: TrainState, step: int) -> None:
