@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from launch.cli import OneLineParser, describe_config, fail, quiet_logs, split_config_overrides
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m launch.train",
         description="Train a registry model on its embedded default data (resumes from WORKDIR's latest checkpoint).",
         epilog=f"config overrides for --model={help_config.model_name} (name=default):\n" + "\n".join(describe_config(help_config)),
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help=f"one of: {', '.join(sorted(MODELS))}")
     parser.add_argument("--workdir", default=None, help="run directory (default runs/<model>); the same one again resumes")

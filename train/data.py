@@ -7,6 +7,7 @@ UTF-8/bytes file can replace it through ``data.path``; its last ``val_fraction``
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 import zlib
@@ -71,7 +72,7 @@ def load_text(path: str, val_fraction: float, seq_len: int) -> TextSplits:
     return embedded_text_splits()
 
 
-class PositionIterator:
+class PositionIterator(abc.ABC):
     """A batch iterator whose whole state is ``position``: batch ``i`` is a pure function of
     (seed, i), so a checkpointed position resumes exactly the batches an uninterrupted run sees.
     ``shard`` / ``num_shards`` select this process's rows of the global batch (multi-host).
@@ -96,8 +97,9 @@ class PositionIterator:
         per = self.batch_size // self.num_shards
         return rows[self.shard * per : (self.shard + 1) * per]
 
+    @abc.abstractmethod
     def batch_at(self, position: int) -> dict:
-        raise NotImplementedError
+        """The (process-local) batch number ``position``, as a dict of numpy arrays."""
 
     def __iter__(self):
         return self
