@@ -30,6 +30,9 @@ class ModelSpec:
     model_defaults: the default ``model`` config section.
     task: which loss/metrics/data pipeline in ``train/tasks.py`` trains it.
     example_input: a batch-of-one input for init, shape checks and export.
+    param_groups: top-level param names that each get their own optimizer (a GAN's two players).
+    from_data: model config values read off the built dataset (e.g. a generator's output shape),
+        applied before the module is built and recorded in the run's config.json.
     """
 
     name: str
@@ -37,6 +40,8 @@ class ModelSpec:
     model_defaults: Callable[[], dict[str, Any]]
     task: str
     example_input: Callable[[Any], np.ndarray]
+    param_groups: tuple[str, ...] = ()
+    from_data: Callable[[Any, Any], dict[str, Any]] | None = None  # (model_config, dataset) -> updates
 
 
 def _transformer_module(model_config, decode: bool = False) -> nn.Module:

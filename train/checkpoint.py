@@ -186,7 +186,7 @@ def restore_params(workdir: str, notify=print):
     config = info["config"]
     spec = get_model_spec(config.model_name)
     module = spec.make_module(config.model)
-    tx = make_optimizer(config.train)
+    tx = make_optimizer(config.train, spec.param_groups)
     if "example_input" in info:  # the shape the run was initialised with (image size, channels)
         example = jnp.zeros(info["example_input"]["shape"], info["example_input"]["dtype"])
     else:

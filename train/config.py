@@ -24,7 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
-    c.data.path = ""  # empty: the embedded default data set of the model's task
+    c.data.dataset = ""  # empty: the family's default; see train.data.DATASETS for each task's choices
+    c.data.path = ""  # a file (or directory) to train on instead of the embedded/generated default
     c.data.seq_len = 128  # language models: bytes per training window
     c.data.image_size = 0  # image models: resize to this many pixels square (0 = native size)
     c.data.val_fraction = 0.1  # for a user text file: the tail fraction held out
@@ -41,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.b1 = 0.9
     c.train.b2 = 0.99
     c.train.grad_clip = 1.0  # global-norm clip; 0 disables
+    c.train.group_learning_rates = ""  # models with param groups (gan): "generator:2e-4,discriminator:2e-4"
     c.train.grad_accum_steps = 1  # micro-batches per optimizer update (batch_size must divide)
     c.train.log_every = 50
     c.train.eval_every = 500
@@ -191,6 +193,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
         (config.data.image_size >= 0, "data.image_size must be >= 0"),
     ]
+    from train.data import dataset_names
+
+    datasets = dataset_names(get_model_spec(config.model_name).task) if config.model_name else ()
+    if config.data.dataset and datasets:
+        checks.append((config.data.dataset in datasets, f"data.dataset must be one of {', '.join(datasets)} for this model (got {config.data.dataset!r})"))
+    if config.train.group_learning_rates and config.model_name:
+        from train.state import parse_group_learning_rates
+
+        try:
+            parse_group_learning_rates(config.train.group_learning_rates, get_model_spec(config.model_name).param_groups)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if "max_len" in config.model:
         checks.append((config.data.seq_len <= config.model.max_len, "data.seq_len must be <= model.max_len"))
     if "dtype" in config.model:

@@ -11,6 +11,7 @@ import abc
 import dataclasses
 import os
 import zlib
+from typing import Callable
 
 import numpy as np
 
@@ -176,7 +177,8 @@ def padded_eval_batches(arrays: dict[str, np.ndarray], batch_size: int, limit: i
 @dataclasses.dataclass
 class Dataset:
     """What the loop needs from a task's data: a checkpointable train iterator, the held-out
-    split as padded batches, an example input for init, and a description for the log."""
+    split as padded batches, an example input for init, and a description for the log.
+    ``extras`` carries what a task's plots need (e.g. held-out views, fixed latents)."""
 
     train: PositionIterator
     eval_batches: list
@@ -185,31 +187,55 @@ class Dataset:
     description: str
     num_classes: int = 0
     held_out_name: str = "validation"  # what the evaluation split is called in the log
+    extras: dict = dataclasses.field(default_factory=dict)
+
+
+def _lm_dataset(config, shard: int, num_shards: int) -> Dataset:
+    t, d = config.train, config.data
+    splits = load_text(d.path, d.val_fraction, d.seq_len)
+    return Dataset(
+        train=TextWindowIterator(splits.train, t.batch_size, d.seq_len, config.seed, shard=shard, num_shards=num_shards),
+        eval_batches=padded_eval_batches({"tokens": eval_windows(splits.validation, d.seq_len)}, t.batch_size, t.eval_batches),
+        example_input=np.zeros((1, d.seq_len), np.int32),
+        source=splits.source,
+        description=f"{len(splits.train):,} train / {len(splits.validation):,} validation bytes",
+    )
+
+
+def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
+    from train.image_data import load_images
+
+    t, d = config.train, config.data
+    images = load_images(d.path, d.image_size, d.val_fraction)
+    return Dataset(
+        train=ArrayIterator({"inputs": images.x_train, "labels": images.y_train}, t.batch_size, config.seed, shard=shard, num_shards=num_shards),
+        eval_batches=padded_eval_batches({"inputs": images.x_test, "labels": images.y_test}, t.batch_size, t.eval_batches),
+        example_input=images.x_train[:1],
+        source=images.source,
+        description=f"{len(images.x_train):,} train / {len(images.x_test):,} test images of {images.x_train.shape[1:]}, {images.num_classes} classes",
+        num_classes=images.num_classes,
+        held_out_name="test",
+    )
+
+
+# task -> {data.dataset name -> builder(config, shard, num_shards) -> Dataset}; the first name is
+# the task's default. A task's builders may read data.path (a user file) as their loader allows.
+DATASETS: dict[str, dict[str, Callable]] = {
+    "lm": {"corpus": _lm_dataset},
+    "classification": {"images": _classification_dataset},
+}
+
+
+def dataset_names(task: str) -> tuple[str, ...]:
+    return tuple(DATASETS.get(task, {}))
 
 
 def make_dataset(task: str, config, *, shard: int = 0, num_shards: int = 1) -> Dataset:
     """Builds the dataset a task trains on from ``config.data`` (raises DataError on bad input)."""
-    t, d = config.train, config.data
-    if task == "lm":
-        splits = load_text(d.path, d.val_fraction, d.seq_len)
-        return Dataset(
-            train=TextWindowIterator(splits.train, t.batch_size, d.seq_len, config.seed, shard=shard, num_shards=num_shards),
-            eval_batches=padded_eval_batches({"tokens": eval_windows(splits.validation, d.seq_len)}, t.batch_size, t.eval_batches),
-            example_input=np.zeros((1, d.seq_len), np.int32),
-            source=splits.source,
-            description=f"{len(splits.train):,} train / {len(splits.validation):,} validation bytes",
-        )
-    if task == "classification":
-        from train.image_data import load_images
-
-        images = load_images(d.path, d.image_size, d.val_fraction)
-        return Dataset(
-            train=ArrayIterator({"inputs": images.x_train, "labels": images.y_train}, t.batch_size, config.seed, shard=shard, num_shards=num_shards),
-            eval_batches=padded_eval_batches({"inputs": images.x_test, "labels": images.y_test}, t.batch_size, t.eval_batches),
-            example_input=images.x_train[:1],
-            source=images.source,
-            description=f"{len(images.x_train):,} train / {len(images.x_test):,} test images of {images.x_train.shape[1:]}, {images.num_classes} classes",
-            num_classes=images.num_classes,
-            held_out_name="test",
-        )
-    raise ValueError(f"no dataset for task {task!r}")
+    builders = DATASETS.get(task)
+    if not builders:
+        raise ValueError(f"no dataset for task {task!r}")
+    name = config.data.dataset or next(iter(builders))
+    if name not in builders:
+        raise DataError(f"unknown data.dataset {name!r} for this model; valid: {', '.join(builders)}")
+    return builders[name](config, shard, num_shards)

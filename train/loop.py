@@ -136,10 +136,17 @@ class Run:
                 f"micro-batch of {micro} (train.batch_size / train.grad_accum_steps) does not split over {data_shards} data shards"
             )
 
+        if self.spec.from_data is not None:
+            updates = self.spec.from_data(config.model, self.data)
+            if updates:
+                config = ml_collections.ConfigDict(config.to_dict())
+                config.model.update(updates)
+                config.lock()
+                self.config = config
         self.module = self.spec.make_module(config.model)
         self.decode_module = self.spec.make_module(config.model, decode=True)
         self.schedule = learning_rate_schedule(config.train)
-        self.tx = make_optimizer(config.train)
+        self.tx = make_optimizer(config.train, self.spec.param_groups)
         self.example_input = jnp.asarray(self.data.example_input)
 
         init = lambda rng: init_train_state(self.module, self.tx, self.example_input, rng)
@@ -193,6 +200,13 @@ class Run:
                 sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         return self.task.summarize(jax.device_get(sums))
 
+    def plot(self, state: TrainState, workdir: str, step: int) -> list[str]:
+        """The task's own figures (sample grids, rendered views) into ``workdir/plots``."""
+        if self.task.plot is None:
+            return []
+        params, model_state = jax.device_get((state.params, state.model_state))
+        return self.task.plot(self.module, params, model_state, self.data, os.path.join(workdir, "plots"), step)
+
     def sample(self, state: TrainState, prompt: bytes, length: int, *, temperature: float, top_k: int, seed: int = 0) -> bytes:
         params = jax.device_get(state.params)
         return generate(
@@ -241,6 +255,7 @@ def train_and_evaluate(
     # --- checks that must fail before any work
     workdir = check_workdir(workdir)
     run = Run(config)
+    config = run.config  # with model values read off the data (ModelSpec.from_data)
     t = config.train
 
     # --- state: restore the latest intact checkpoint, else init already sharded
@@ -296,6 +311,8 @@ def train_and_evaluate(
                 if step % t.eval_every == 0 and step != t.steps:
                     result = run.evaluate(state, eval_batches)
                     writer.write(step, "eval", result)
+                    if primary:
+                        run.plot(state, workdir, step)
                     bar.write(f"step {step}: {run.data.held_out_name} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
                 if step % config.checkpoint.every == 0 or step == end_step:
                     _check_finite(state)
@@ -326,6 +343,7 @@ def train_and_evaluate(
         summary["plot"] = plot_loss_curves(
             read_metrics(writer.path), os.path.join(workdir, "plots", "loss.png"), title=f"{config.model_name} ({workdir})"
         )
+        summary["task_plots"] = run.plot(state, workdir, step)
     say(f"{run.data.held_out_name} at step {step}: {run.task.report(result)}; "
         f"{_format_duration(summary['train_seconds'])} in all")
     if run.spec.task == "lm":

@@ -27,16 +27,17 @@ class TrainState:
     nonfinite_step: jax.Array
 
 
-def learning_rate_schedule(train_config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Linear warmup to ``learning_rate``, then cosine decay to ``learning_rate * min_lr_ratio``."""
+def learning_rate_schedule(train_config: ml_collections.ConfigDict, peak: float | None = None) -> optax.Schedule:
+    """Linear warmup to ``learning_rate`` (or ``peak``), then cosine decay to ``peak * min_lr_ratio``."""
     t = train_config
+    peak = t.learning_rate if peak is None else peak
     warmup = min(t.warmup_steps, max(t.steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=t.learning_rate,
+        peak_value=peak,
         warmup_steps=warmup,
         decay_steps=max(t.steps, warmup + 1),
-        end_value=t.learning_rate * t.min_lr_ratio,
+        end_value=peak * t.min_lr_ratio,
     )
 
 
@@ -45,22 +46,54 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW with warmup + cosine schedule and optional global-norm clipping."""
-    t = train_config
-    parts = []
-    if t.grad_clip > 0:
-        parts.append(optax.clip_by_global_norm(t.grad_clip))
-    parts.append(
-        optax.adamw(
-            learning_rate_schedule(t),
-            b1=t.b1,
-            b2=t.b2,
-            weight_decay=t.weight_decay,
-            mask=_decay_mask,
-        )
+def parse_group_learning_rates(spec: str, param_groups: tuple[str, ...]) -> dict[str, float]:
+    """``"generator:2e-4,discriminator:1e-3"`` -> {group: lr}; raises ValueError naming the groups."""
+    rates = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.partition(":")
+        if not sep or name not in param_groups:
+            raise ValueError(f"bad train.group_learning_rates entry {part!r}; use group:rate with groups {', '.join(param_groups) or '(none for this model)'}")
+        try:
+            rates[name] = float(value)
+        except ValueError:
+            raise ValueError(f"bad learning rate {value!r} for group {name!r} in train.group_learning_rates") from None
+        if rates[name] <= 0:
+            raise ValueError(f"learning rate for group {name!r} must be > 0")
+    return rates
+
+
+def _adamw(t: ml_collections.ConfigDict, peak_lr: float) -> optax.GradientTransformation:
+    return optax.adamw(
+        learning_rate_schedule(t, peak_lr),
+        b1=t.b1,
+        b2=t.b2,
+        weight_decay=t.weight_decay,
+        mask=_decay_mask,
     )
-    return optax.chain(*parts)
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict, param_groups: tuple[str, ...] = ()) -> optax.GradientTransformation:
+    """AdamW with warmup + cosine schedule and optional global-norm clipping.
+
+    With ``param_groups`` (top-level param names, e.g. a GAN's generator and discriminator) each
+    group gets its own AdamW state and peak learning rate (``train.group_learning_rates``) inside
+    one ``optax.multi_transform``: two optimizers, one opt_state, one train step. Clipping is
+    per group too, so one player's large gradient does not shrink the other's update.
+    """
+    t = train_config
+    if not param_groups:
+        parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+        return optax.chain(*parts, _adamw(t, t.learning_rate))
+    rates = parse_group_learning_rates(t.group_learning_rates, param_groups)
+    transforms = {}
+    for group in param_groups:
+        parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+        transforms[group] = optax.chain(*parts, _adamw(t, rates.get(group, t.learning_rate)))
+
+    def labels(params):
+        return {name: jax.tree.map(lambda _: name, subtree) for name, subtree in params.items()}
+
+    return optax.multi_transform(transforms, labels)
 
 
 def init_train_state(module: nn.Module, tx: optax.GradientTransformation, example_input, rng: jax.Array) -> TrainState:

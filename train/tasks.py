@@ -3,7 +3,8 @@
 ``loss_fn(module, params, model_state, batch, rng, train) -> (loss, (metrics, new_model_state))``
 is differentiated by the train step. ``eval_sums`` returns per-batch *sums* weighted by a
 per-example mask so padded evaluation batches and sharded evaluation add up exactly;
-``summarize`` turns accumulated sums into the reported metrics.
+``summarize`` turns accumulated sums into the reported metrics. Tasks live here, not per model:
+a registry entry names its task, and a new family reuses one or extends this file.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class Task:
     eval_sums: Callable[..., dict]
     summarize: Callable[[dict], dict]
     report: Callable[[dict], str]  # one human line for the final evaluation
+    # Optional: plot(module, params, model_state, dataset, plot_dir, step) -> [paths], called at
+    # every evaluation and at the end (e.g. GAN sample grids, NeRF views next to ground truth).
+    plot: Callable[..., list] | None = None
 
 
 # --- language modelling: batch is int tokens [B, T+1]; predict tokens[:, 1:] from tokens[:, :-1].
