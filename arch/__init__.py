@@ -129,9 +129,78 @@ def _recurrent_module(kind: str):
     return make
 
 
+def _recurrent_classifier_module(kind: str):
+    def make(model_config, decode: bool = False) -> nn.Module:
+        from arch.rnn import RecurrentClassifier
+
+        c = model_config
+        return RecurrentClassifier(kind=kind, num_classes=c.num_classes, vocab_size=c.vocab_size, embed_dim=c.embed_dim, hidden=c.hidden,
+                                   num_layers=c.num_layers, dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype),
+                                   param_dtype=resolve_dtype(c.param_dtype))
+
+    return make
+
+
 def _recurrent_defaults() -> dict[str, Any]:
     # max_len only bounds the prompt the sampler feeds; the recurrent state has no context limit.
     return dict(vocab_size=256, embed_dim=64, hidden=512, num_layers=1, dropout_rate=0.0, max_len=128, **_PRECISION)
+
+
+def _gan_module(model_config, decode: bool = False) -> nn.Module:
+    from arch.gan import GAN
+
+    c = model_config
+    return GAN(sample_shape=tuple(c.sample_shape), latent_dim=c.latent_dim, style_dim=c.style_dim, mapping_layers=c.mapping_layers,
+               width=c.width, synthesis_layers=c.synthesis_layers, disc_width=c.disc_width, disc_layers=c.disc_layers, r1_gamma=c.r1_gamma)
+
+
+def _gan_defaults() -> dict[str, Any]:
+    # sample_shape () is filled from the data (points (2,) or images (H, W, 1)) by ModelSpec.from_data.
+    return dict(sample_shape=(), latent_dim=32, style_dim=64, mapping_layers=3, width=64, synthesis_layers=2,
+                disc_width=64, disc_layers=3, r1_gamma=0.1)
+
+
+def _nerf_module(model_config, decode: bool = False) -> nn.Module:
+    from arch.nerf import NeRF
+
+    c = model_config
+    return NeRF(num_layers=c.num_layers, width=c.width, pos_frequencies=c.pos_frequencies, dir_frequencies=c.dir_frequencies,
+                num_coarse=c.num_coarse, num_fine=c.num_fine, near=c.near, far=c.far, background=c.background,
+                dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
+
+
+def _nerf_defaults() -> dict[str, Any]:
+    # near/far bound the samples along each ray and background is the grey level composited behind
+    # them: both match the procedural scene (cameras at radius 4, white background; train/scene.py).
+    return dict(num_layers=4, width=64, pos_frequencies=8, dir_frequencies=2, num_coarse=24, num_fine=32,
+                near=2.5, far=5.5, background=1.0, **_PRECISION)
+
+
+def _nerf_input(config) -> np.ndarray:
+    return np.array([[0.0, 0.0, 4.0, 0.0, 0.0, -1.0]], np.float32)  # one ray: origin (3) + direction (3)
+
+
+def _inception_module(model_config, decode: bool = False) -> nn.Module:
+    from arch.inception import InceptionNet
+
+    c = model_config
+    return InceptionNet(num_classes=c.num_classes, stem_features=c.stem_features, stages=tuple(c.stages), branch_widths=tuple(c.branch_widths),
+                        factorize_5x5=c.factorize_5x5, residual=c.residual, batch_norm=c.batch_norm, bn_momentum=c.bn_momentum,
+                        dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
+
+
+def _inception_defaults() -> dict[str, Any]:
+    # branch_widths: 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj at stage 1 (doubled per stage).
+    return dict(num_classes=10, stem_features=16, stages=(1, 1), branch_widths=(8, 8, 16, 4, 8, 8), factorize_5x5=True,
+                residual=True, batch_norm=True, bn_momentum=0.9, dropout_rate=0.2, **_PRECISION)
+
+
+def _dehaze_module(model_config, decode: bool = False) -> nn.Module:
+    from arch.dehaze import DehazeNet
+
+    c = model_config
+    return DehazeNet(width=c.width, dilations=tuple(c.dilations), airlight_hidden=c.airlight_hidden, t_min=c.t_min,
+                     dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
 
 
 def _image_input(config) -> np.ndarray:
@@ -159,6 +228,25 @@ MODELS: dict[str, ModelSpec] = {
     ),
     **{
         kind: ModelSpec(kind, _recurrent_module(kind), _recurrent_defaults, "lm", lambda config: np.zeros((1, config.data.seq_len), np.int32))
+        for kind in ("lstm", "gru", "rnn")
+    },
+    "gan": ModelSpec(
+        "gan", _gan_module, _gan_defaults, "gan", lambda config: np.zeros((1, 2), np.float32),
+        param_groups=("generator", "discriminator"),
+        from_data=lambda model_config, data: {"sample_shape": tuple(int(n) for n in data.example_input.shape[1:])},
+    ),
+    "nerf": ModelSpec("nerf", _nerf_module, _nerf_defaults, "nerf", _nerf_input),
+    "inception": ModelSpec("inception", _inception_module, _inception_defaults, "classification", _image_input),
+    "dehaze": ModelSpec(
+        "dehaze", _dehaze_module, lambda: dict(width=32, dilations=(1, 2, 4), airlight_hidden=32, t_min=0.05, **_PRECISION),
+        "restoration", _image_input,
+    ),
+    **{
+        f"{kind}_classifier": ModelSpec(
+            f"{kind}_classifier", _recurrent_classifier_module(kind),
+            lambda: dict(num_classes=8, vocab_size=256, embed_dim=64, hidden=256, num_layers=1, dropout_rate=0.1, **_PRECISION),
+            "classification", lambda config: np.zeros((1, config.data.seq_len), np.int32),
+        )
         for kind in ("lstm", "gru", "rnn")
     },
     **{

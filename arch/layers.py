@@ -1,4 +1,5 @@
-"""Shared building blocks: causal attention with a KV cache, the MLP block, rotary positions.
+"""Shared building blocks: causal attention with a KV cache, the MLP block, rotary positions,
+Inception and residual blocks, and the dehazing layer with a hand-derived gradient.
 
 Parameters carry logical axis names (``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``) and
 activations are constrained by logical names (``batch``, ``length``, ``embed``), so sharding is a
@@ -7,6 +8,7 @@ table of rules in the config (see ``train/parallel.py``), never placement in mod
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -161,3 +163,206 @@ class MlpBlock(nn.Module):
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         out = token_matmul(h, wo, self.dtype) + bo.astype(self.dtype)
         return nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutional blocks: parallel branches (Inception) and skip connections (residual).
+
+CONV_AXES = (None, None, "conv_in", "conv_out")
+
+
+def logical_conv(features: int, kernel_size: int, *, strides: int = 1, dilation: int = 1, use_bias: bool = True,
+                 dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, name: str | None = None, kernel_init=None) -> nn.Conv:
+    """A square "SAME" nn.Conv whose kernel/bias carry the logical axes ``(.., .., conv_in, conv_out)``."""
+    return nn.Conv(
+        features, (kernel_size, kernel_size), (strides, strides), padding="SAME", kernel_dilation=(dilation, dilation),
+        use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+        kernel_init=logical_init(kernel_init or nn.initializers.kaiming_normal(), CONV_AXES),
+        bias_init=logical_init(nn.initializers.zeros, ("conv_out",)),
+    )
+
+
+class ConvUnit(nn.Module):
+    """Conv -> (norm) -> ReLU; with a ``norm`` factory (e.g. a configured nn.BatchNorm) the conv has no bias."""
+
+    features: int
+    kernel_size: int = 3
+    dilation: int = 1
+    norm: Any = None  # callable(name=...) -> module, or None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = logical_conv(self.features, self.kernel_size, dilation=self.dilation, use_bias=self.norm is None,
+                         dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+        if self.norm is not None:
+            x = self.norm(name="norm")(x)
+        return nn.relu(x)
+
+
+class InceptionBlock(nn.Module):
+    """GoogLeNet's Inception module (Szegedy et al. 2015): four parallel branches over one input,
+    concatenated on channels, so the block sees 1x1, 3x3 and 5x5 context at once.
+
+    branches: ``1x1`` | ``1x1 reduce -> 3x3`` | ``1x1 reduce -> 5x5`` (or two 3x3, the same
+    receptive field with fewer weights, Inception-v2: ``factorize_5x5``) | ``3x3 max-pool (stride
+    1) -> 1x1 projection``. Output channels: ``b1x1 + b3x3 + b5x5 + pool_proj`` in that order; the
+    spatial size is unchanged. Every conv is a :class:`ConvUnit` (conv, optional norm, ReLU).
+    """
+
+    b1x1: int
+    b3x3_reduce: int
+    b3x3: int
+    b5x5_reduce: int
+    b5x5: int
+    pool_proj: int
+    factorize_5x5: bool = True
+    norm: Any = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @property
+    def out_features(self) -> int:
+        return self.b1x1 + self.b3x3 + self.b5x5 + self.pool_proj
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        unit = lambda features, k, name: ConvUnit(features, k, norm=self.norm, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        branch1 = unit(self.b1x1, 1, "b1x1")(x)
+        branch3 = unit(self.b3x3, 3, "b3x3")(unit(self.b3x3_reduce, 1, "b3x3_reduce")(x))
+        branch5 = unit(self.b5x5_reduce, 1, "b5x5_reduce")(x)
+        if self.factorize_5x5:
+            branch5 = unit(self.b5x5, 3, "b5x5_b")(unit(self.b5x5, 3, "b5x5_a")(branch5))
+        else:
+            branch5 = unit(self.b5x5, 5, "b5x5")(branch5)
+        pooled = nn.max_pool(x, window_shape=(3, 3), strides=(1, 1), padding="SAME")
+        branch_pool = unit(self.pool_proj, 1, "pool_proj")(pooled)
+        return jnp.concatenate([branch1, branch3, branch5, branch_pool], axis=-1)
+
+
+class ResidualBlock(nn.Module):
+    """A skip connection around any body: ``y = shortcut(x) + gate * f(x)``, then ``activation``.
+
+    ``body`` is a module *factory* (a class or ``functools.partial``), built here as the child
+    ``body`` so its params nest under this block. The shortcut is the identity when ``f(x)`` has
+    the shape of ``x``; otherwise a learned projection (Dense for [batch, features], a 1x1 conv,
+    strided by the spatial ratio, for [batch, H, W, C]). With ``rezero`` the body is scaled by a
+    learned scalar gate initialised to 0 (ReZero, Bachlechner et al. 2020), so the block starts as
+    the identity (or the projection) and a deep stack starts as a shallow one. Keyword arguments
+    of the call (e.g. ``deterministic``) are passed to the body.
+    """
+
+    body: Any
+    rezero: bool = False
+    activation: Any = None  # e.g. nn.relu, applied after the sum
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, **body_kwargs) -> jax.Array:
+        y = self.body(name="body")(x, **body_kwargs)
+        if self.rezero:
+            y = y * self.param("gate", nn.initializers.zeros, (), self.param_dtype).astype(y.dtype)
+        shortcut = x.astype(y.dtype)
+        if x.shape != y.shape:
+            if x.ndim == 2:
+                shortcut = logical_dense(y.shape[-1], ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(x)
+            elif x.ndim == 4:
+                if x.shape[1] % y.shape[1] or x.shape[2] % y.shape[2] or x.shape[1] // y.shape[1] != x.shape[2] // y.shape[2]:
+                    raise ValueError(f"ResidualBlock cannot project {x.shape} onto {y.shape}: spatial sizes must shrink by one integer stride")
+                shortcut = logical_conv(y.shape[-1], 1, strides=x.shape[1] // y.shape[1], dtype=self.dtype, param_dtype=self.param_dtype,
+                                        kernel_init=nn.initializers.lecun_normal(), name="proj")(x)
+            else:
+                raise ValueError(f"ResidualBlock projects rank-2 or rank-4 inputs only, got {x.shape} -> {y.shape}")
+        out = shortcut + y
+        return out if self.activation is None else self.activation(out)
+
+
+# --------------------------------------------------------------------------------------------
+# A physics layer with a hand-derived gradient: inverting the atmospheric scattering model.
+
+
+def scatter(clean: jax.Array, transmission: jax.Array, airlight: jax.Array) -> jax.Array:
+    """The atmospheric scattering (haze) model ``I = J t + A (1 - t)`` (Koschmieder; He et al. 2009).
+
+    ``clean`` J [..., C] is the scene radiance, ``transmission`` t = exp(-beta * depth) the share
+    of it that reaches the camera, ``airlight`` A the light the haze scatters in; all broadcast.
+    """
+    return clean * transmission + airlight * (1.0 - transmission)
+
+
+def _sum_to_shape(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Sums a broadcast result's cotangent back onto an operand of ``shape`` (the transpose of broadcasting)."""
+    lead = g.ndim - len(shape)
+    if lead:
+        g = jnp.sum(g, axis=tuple(range(lead)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return jnp.sum(g, axis=axes, keepdims=True) if axes else g
+
+
+def dehaze_reference(hazy: jax.Array, transmission: jax.Array, airlight: jax.Array, t_min: float = 0.05) -> jax.Array:
+    """The plain formula ``J = (I - A (1 - t)) / max(t, t_min)``, differentiated by autodiff (for tests)."""
+    return (hazy - airlight * (1.0 - transmission)) / jnp.maximum(transmission, t_min)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _dehaze(hazy, transmission, airlight, t_min):
+    return dehaze_reference(hazy, transmission, airlight, t_min)
+
+
+def _dehaze_fwd(hazy, transmission, airlight, t_min):
+    clean = dehaze_reference(hazy, transmission, airlight, t_min)
+    return clean, (hazy, transmission, airlight, clean)
+
+
+def _dehaze_bwd(t_min, residuals, g):
+    hazy, t, a, clean = residuals
+    # Work in at least float32 whatever the inputs are, and cast each cotangent back at the end.
+    f = jnp.promote_types(g.dtype, jnp.float32)
+    g, t32, a32, j = g.astype(f), t.astype(f), a.astype(f), clean.astype(f)
+    d = jnp.maximum(t32, t_min)
+    g_hazy = g / d
+    g_airlight = -(g * (1.0 - t32)) / d
+    # dJ/dt: above the clamp J = (I - A)/t + A, so dJ/dt = -(I - A)/t^2 = (A - J)/t, written with
+    # the J already computed and a single division; below it d = t_min is constant and J is
+    # linear in t with slope A/t_min; at t == t_min the two one-sided slopes are averaged.
+    above = (g * (a32 - j)) / d
+    below = (g * a32) / d
+    g_t = jnp.where(t32 > t_min, above, jnp.where(t32 < t_min, below, 0.5 * (above + below)))
+    return (
+        _sum_to_shape(g_hazy, hazy.shape).astype(hazy.dtype),
+        _sum_to_shape(g_t, t.shape).astype(t.dtype),
+        _sum_to_shape(g_airlight, a.shape).astype(a.dtype),
+    )
+
+
+_dehaze.defvjp(_dehaze_fwd, _dehaze_bwd)
+
+
+def dehaze(hazy: jax.Array, transmission: jax.Array, airlight: jax.Array, t_min: float = 0.05) -> jax.Array:
+    """Restores the scene radiance by inverting :func:`scatter`: ``J = (I - A (1 - t)) / max(t, t_min)``.
+
+    ``hazy`` I [B, H, W, C], ``transmission`` t (e.g. [B, H, W, 1]) and ``airlight`` A (e.g.
+    [B, 1, 1, C]) broadcast against each other; ``t_min`` (a Python float) bounds the division
+    where the haze is so dense that almost no scene light arrives (He et al.'s t0 = 0.1).
+
+    The gradient is a ``jax.custom_vjp`` derived by hand (dJ/dI = 1/d, dJ/dA = -(1 - t)/d,
+    dJ/dt = (A - J)/t above the clamp and A/t_min below it, with d = max(t, t_min)) because it is
+    numerically safer than autodiff through the clamp:
+
+    * autodiff's quotient rule forms ``-N * d**-2`` (N = I - A (1 - t)): in float16 ``d**-2``
+      overflows to inf for every d < 2**-8 (~0.004) and the gradient becomes inf/NaN even though
+      the true dJ/dt is small; the hand-derived form divides once, by d, in at least float32, and
+      casts back, so it is finite wherever the true gradient is representable;
+    * the value at the clamp is defined deliberately: at t == t_min the one-sided slopes are
+      averaged (the symmetric derivative, which central finite differences measure), and t <= 0
+      is safe, whereas the equally natural ``jnp.where(t > t_min, N / t, N / t_min)`` gives NaN
+      gradients at t = 0 (the untaken branch's 0 * inf);
+    * broadcast operands (one A per image, one t per pixel) get their cotangents summed back.
+
+    It is the exact derivative of the formula: the tests compare it with central finite
+    differences in float64 and with ``jax.grad`` of :func:`dehaze_reference` away from the clamp.
+    """
+    hazy, transmission, airlight = (jnp.asarray(v) for v in (hazy, transmission, airlight))
+    return _dehaze(hazy, transmission, airlight, float(t_min))

@@ -104,3 +104,31 @@ class RecurrentLM(nn.Module):
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
         w_out = self.param("unembed", logical_init(DEFAULT_INIT, ("embed", "vocab")), (self.hidden, self.vocab_size), self.param_dtype)
         return token_matmul(x, w_out, self.dtype).astype(jnp.float32)
+
+
+class RecurrentClassifier(nn.Module):
+    """Sequence classifier: embedding -> stacked recurrent layers -> mean and last hidden state ->
+    LayerNorm -> class logits. Mean-pooling lets every step's state vote; the last state carries order."""
+
+    kind: str = "lstm"
+    num_classes: int = 8
+    vocab_size: int = 256
+    embed_dim: int = 64
+    hidden: int = 256
+    num_layers: int = 1
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        if self.kind not in CELLS:
+            raise ValueError(f"unknown cell {self.kind!r}; valid: {', '.join(CELLS)}")
+        x = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=logical_init(nn.initializers.normal(1.0), ("vocab", "embed")),
+                     dtype=self.dtype, param_dtype=self.param_dtype, name="embed")(tokens)
+        for i in range(self.num_layers):
+            x = RecurrentLayer(self.kind, self.hidden, False, self.dtype, self.param_dtype, name=f"{self.kind}_{i}")(x)
+            x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        pooled = jnp.concatenate([jnp.mean(x, axis=1), x[:, -1]], axis=-1)
+        pooled = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(pooled)
+        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(pooled).astype(jnp.float32)

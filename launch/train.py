@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="run directory (default runs/<model>); the same one again resumes")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar (log lines only)")
     parser.add_argument("--dry_run", action="store_true", help="check the model, config and data, print the resolved config, and exit without training")
+    parser.add_argument("--summary", action="store_true", help="print parameters per module and XLA FLOPs per example, and exit without training")
     args = parser.parse_args(flags)
 
     try:
@@ -46,15 +47,24 @@ def main(argv: list[str] | None = None) -> int:
     from train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
     from train.parallel import MeshError
 
-    if args.dry_run:
-        from train.data import load_text
+    if args.summary:
+        from train.summary import summarize_model
 
         try:
-            splits = load_text(config.data.path, config.data.val_fraction, config.data.seq_len)
+            print(summarize_model(config).table())
+        except DataError as e:
+            fail(str(e))
+        return 0
+    if args.dry_run:
+        from arch import get_model_spec
+        from train.data import make_dataset
+
+        try:
+            dataset = make_dataset(get_model_spec(args.model).task, config)
         except DataError as e:
             fail(str(e))
         print(config.to_json_best_effort(indent=2))
-        print(f"dry run OK: --model={args.model}, data {splits.source} ({len(splits.train):,} train bytes), workdir {workdir}")
+        print(f"dry run OK: --model={args.model}, data {dataset.source} ({dataset.description}), workdir {workdir}")
         return 0
     try:
         train_and_evaluate(config, workdir, progress=not args.no_progress)

@@ -1,5 +1,7 @@
 """Image classifiers (MLP, CNN), their data loaders, and a short real training run."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -117,6 +119,34 @@ def test_npz_and_cifar_loaders_and_their_errors(tmp_path):
     (tmp_path / "torn.bin").write_bytes(records.tobytes()[:-5])
     with pytest.raises(DataError, match="not a CIFAR-10 binary batch"):
         load_images(str(tmp_path / "torn.bin"), 0, 0.2)
+    # CIFAR-10 "python" batches: pickled dicts of b"data" [N, 3072] uint8 and b"labels" (written here
+    # in that format); a pickle naming any other global is refused before it can run.
+    import pickle
+
+    py_dir = tmp_path / "cifar-10-batches-py"
+    py_dir.mkdir()
+    for name, rows in (("data_batch_1", records[:6]), ("test_batch", records[6:])):
+        with open(py_dir / name, "wb") as f:
+            pickle.dump({b"batch_label": b"x", b"labels": [int(v) for v in rows[:, 0]], b"data": rows[:, 1:].copy()}, f, protocol=2)
+    splits = load_images(str(py_dir), 0, 0.2)
+    assert splits.x_train.shape == (8, 32, 32, 3) and splits.num_classes == 10
+    assert sorted(np.concatenate([splits.y_train, splits.y_test]).tolist()) == list(range(10))
+    np.testing.assert_allclose(np.sort(np.concatenate([splits.x_train, splits.x_test]).ravel()),
+                               np.sort(records[:, 1:].ravel() / 255.0), rtol=1e-6)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    with open(tmp_path / "data_batch_9", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": [0]}, f)
+    with pytest.raises(DataError, match="not a CIFAR-10 python batch .*not allowed"):
+        load_images(str(tmp_path / "data_batch_9"), 0, 0.2)
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "test_batch").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="not a CIFAR-10 python batch"):
+        load_images(str(tmp_path / "test_batch"), 0, 0.2)
+
     (tmp_path / "x.csv").write_text("1,2")
     with pytest.raises(DataError, match="unknown image format; valid: .npz"):
         load_images(str(tmp_path / "x.csv"), 0, 0.2)

@@ -124,6 +124,11 @@ def test_non_finite_loss_stops_naming_the_step_without_a_checkpoint(tmp_path):
         (["--model=transformer", "--config.train.steps=many"], ["config.train.steps", "'many' is not a valid int"]),
         (["--model=transformer", "--bogus"], ["unrecognized arguments: --bogus"]),
         (["--model=transformer", "--config.data.path=/nonexistent/x.txt"], ["data file '/nonexistent/x.txt' does not exist"]),
+        (["--model=gan", "--config.data.dataset=cats"], ["data.dataset must be one of ring, digits", "'cats'"]),
+        (["--model=gan", "--config.train.group_learning_rates=critic:1e-3"], ["bad train.group_learning_rates entry 'critic:1e-3'",
+                                                                              "generator, discriminator"]),
+        (["--model=gan", "--config.data.path=/tmp/x.npz"], ["data.dataset=ring is generated"]),
+        (["--model=lstm_classifier", "--config.data.path=/nonexistent"], ["is not a directory"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
@@ -216,3 +221,17 @@ def test_every_readme_train_command_parses(tmp_path):
         proc = run_cli(*args, "--dry_run")
         assert proc.returncode == 0, (command, proc.stderr)
         assert "dry run OK" in proc.stdout
+
+
+def test_summary_prints_parameters_per_module_and_xla_flops_without_training(tmp_path):
+    proc = run_cli("launch.train", "--model=mlp", f"--workdir={tmp_path / 'w'}", "--summary", "--config.model.hidden=32")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rows = {line.split()[0]: line for line in lines if line.startswith(("dense_", "head"))}
+    assert "2,080" in rows["dense_0"] and "kernel[64, 32]" in rows["dense_0"]  # 64*32 + 32
+    assert "330" in rows["head"]
+    assert any(line.startswith("total") and "2,410" in line for line in lines)  # + 32*10 + 10
+    flops = [line for line in lines if line.startswith("FLOPs per example")][0]
+    forward = float(flops.split("forward ")[1].split()[0])
+    assert 4.0 <= forward <= 6.0  # KFLOP: 2 * (64*32 + 32*10) = 4.7 K for the two matmuls, plus bias/relu/softmax-free head
+    assert not (tmp_path / "w").exists()

@@ -218,12 +218,119 @@ def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
     )
 
 
+def _nerf_dataset(config, shard: int, num_shards: int) -> Dataset:
+    """The procedural NeRF scene: random rays of its training views, every ray of its held-out views."""
+    from train.scene import build_nerf_dataset
+
+    return build_nerf_dataset(config, shard, num_shards)
+
+
+def _restoration_dataset(config, shard: int, num_shards: int) -> Dataset:
+    """Procedurally hazed images (digits by default, or data.path): hazed afresh every training
+    batch, with fixed haze on the held-out split; batches ``{"inputs": hazy, "targets": clean}``."""
+    from train.image_data import HazyImageIterator, hazy_test_split, load_images
+
+    t, d = config.train, config.data
+    images = load_images(d.path, d.image_size, d.val_fraction)
+    hazy_test = hazy_test_split(images.x_test)
+    return Dataset(
+        train=HazyImageIterator(images.x_train, t.batch_size, config.seed, shard=shard, num_shards=num_shards),
+        eval_batches=padded_eval_batches({"inputs": hazy_test, "targets": images.x_test}, t.batch_size, t.eval_batches),
+        example_input=images.x_train[:1],
+        source=f"{images.source}, hazed procedurally (I = J t + A (1 - t))",
+        description=f"{len(images.x_train):,} train images (new haze every batch) / {len(images.x_test):,} test images "
+                    f"(fixed haze) of {images.x_train.shape[1:]}",
+        held_out_name="test",
+        extras={"plot_inputs": hazy_test[:8], "plot_targets": images.x_test[:8]},
+    )
+
+
+# The recurrent classifiers' task: which help topic a window of bytes comes from. These 8 large
+# topics share no text with each other (checked: no 64-byte shingle of one is in another; e.g.
+# "specialnames" was left out because it contains "attribute-access" and "customization").
+TOPIC_CLASSES = ("compound", "types", "formatstrings", "string-methods", "typesseq", "debugger", "typesmapping", "assignment")
+
+
+class ClassWindowIterator(PositionIterator):
+    """Class-balanced random windows: each row picks a class uniformly, then a window of its text.
+
+    Batches are ``{"inputs": int32 [batch, seq_len], "labels": int32 [batch]}``.
+    """
+
+    def __init__(self, texts: list[np.ndarray], batch_size: int, seq_len: int, seed: int, *, shard: int = 0, num_shards: int = 1):
+        super().__init__(batch_size, seed, shard=shard, num_shards=num_shards)
+        self.texts, self.seq_len = texts, seq_len
+        self._window = np.arange(seq_len)
+
+    def batch_at(self, position: int) -> dict:
+        rng = np.random.default_rng([self.seed, position])
+        labels = rng.integers(0, len(self.texts), size=self.batch_size)
+        starts = (rng.random(self.batch_size) * np.array([len(self.texts[c]) - self.seq_len + 1 for c in labels])).astype(np.int64)
+        rows = self._local_rows(np.arange(self.batch_size))
+        tokens = np.stack([self.texts[labels[r]][starts[r] + self._window] for r in rows]).astype(np.int32)
+        return {"inputs": tokens, "labels": labels[rows].astype(np.int32)}
+
+
+def labelled_texts(path: str) -> tuple[list[str], list[np.ndarray], str]:
+    """(class names, texts as bytes arrays, source): the embedded topics, or one class per file of
+    a directory ``path`` (sorted by file name)."""
+    if not path:
+        from pydoc_data.topics import topics
+
+        texts = [np.frombuffer(topics[name].encode("utf-8"), np.uint8) for name in TOPIC_CLASSES]
+        return list(TOPIC_CLASSES), texts, "pydoc_data.topics (stdlib): which of 8 help topics a window comes from"
+    if not os.path.isdir(path):
+        raise DataError(f"data.path {path!r} is not a directory; for data.dataset=topics give a directory with one text file per class")
+    names = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)) and not f.startswith("."))
+    if len(names) < 2:
+        raise DataError(f"data.path {path!r} holds {len(names)} files; need one text file per class, at least 2")
+    texts = []
+    for name in names:
+        with open(os.path.join(path, name), "rb") as f:
+            texts.append(np.frombuffer(f.read(), np.uint8))
+    return [os.path.splitext(n)[0] for n in names], texts, path
+
+
+def _topics_dataset(config, shard: int, num_shards: int) -> Dataset:
+    """Each class's text: the head (1 - val_fraction) trains, the tail is cut into non-overlapping test windows."""
+    t, d = config.train, config.data
+    names, texts, source = labelled_texts(d.path)
+    train_texts, test_inputs, test_labels = [], [], []
+    for label, (name, text) in enumerate(zip(names, texts)):
+        cut = len(text) - int(len(text) * d.val_fraction)
+        if cut < d.seq_len or len(text) - cut < d.seq_len:
+            raise DataError(f"class {name!r} has {len(text)} bytes; each split needs at least data.seq_len={d.seq_len}")
+        train_texts.append(text[:cut])
+        windows = eval_windows(text[cut:], d.seq_len - 1)  # non-overlapping windows of seq_len bytes
+        test_inputs.append(windows)
+        test_labels.append(np.full(len(windows), label, np.int32))
+    test_x, test_y = np.concatenate(test_inputs), np.concatenate(test_labels)
+    return Dataset(
+        train=ClassWindowIterator(train_texts, t.batch_size, d.seq_len, config.seed, shard=shard, num_shards=num_shards),
+        eval_batches=padded_eval_batches({"inputs": test_x, "labels": test_y}, t.batch_size, t.eval_batches),
+        example_input=np.zeros((1, d.seq_len), np.int32),
+        source=source,
+        description=f"{len(names)} classes ({', '.join(names)}); {len(test_x):,} held-out windows of {d.seq_len} bytes from each text's tail",
+        num_classes=len(names),
+        held_out_name="test",
+    )
+
+
 # task -> {data.dataset name -> builder(config, shard, num_shards) -> Dataset}; the first name is
 # the task's default. A task's builders may read data.path (a user file) as their loader allows.
 DATASETS: dict[str, dict[str, Callable]] = {
     "lm": {"corpus": _lm_dataset},
-    "classification": {"images": _classification_dataset},
+    "classification": {"images": _classification_dataset, "topics": _topics_dataset},
+    "restoration": {"hazy_digits": _restoration_dataset},
+    "nerf": {"scene": _nerf_dataset},
+    "gan": {"ring": lambda *a: _gan_data().ring_dataset(*a), "digits": lambda *a: _gan_data().digits_dataset(*a)},
 }
+
+
+def _gan_data():
+    from train import gan_data
+
+    return gan_data
 
 
 def dataset_names(task: str) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Image classification data: scikit-learn's digits by default, ``.npz`` and CIFAR-10 files.
+"""Image data: scikit-learn's digits by default, ``.npz`` and CIFAR-10 (binary or python batches); procedural haze.
 
 Images come out as float32 NHWC in [0, 1], resized to ``data.image_size`` (0 keeps the native
 size), labels as int32. The digits test split is fixed (it does not move with ``config.seed``),
@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import pickle
 import zipfile
 
 import numpy as np
 
-from train.data import DataError
+from train.data import ArrayIterator, DataError
 
 _SPLIT_SEED = 20_240_601
 CIFAR_RECORD = 1 + 32 * 32 * 3
@@ -93,6 +94,45 @@ def cifar10_binary(path: str) -> tuple[np.ndarray, np.ndarray, str]:
     return np.concatenate(xs), np.concatenate(ys), f"CIFAR-10 binary batches at {path}"
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Reads CIFAR's pickled dicts but refuses every global except numpy's array rebuilders, so a
+    crafted file cannot run code (checkpoints never use pickle; this is only the data format)."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
+CIFAR_PYTHON_NAMES = ("data_batch_", "test_batch")
+
+
+def _is_cifar_python_file(name: str) -> bool:
+    base = os.path.basename(name)
+    return base.startswith(CIFAR_PYTHON_NAMES) and not base.endswith(".bin")
+
+
+def cifar10_python(path: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """CIFAR-10 "python version" batches (``data_batch_1..5``, ``test_batch``): one file or their directory."""
+    files = sorted(f for f in glob.glob(os.path.join(path, "*")) if _is_cifar_python_file(f)) if os.path.isdir(path) else [path]
+    xs, ys = [], []
+    for name in files:
+        try:
+            with open(name, "rb") as f:
+                batch = _ArraysOnlyUnpickler(f, encoding="bytes").load()
+            data, labels = np.asarray(batch[b"data"], np.uint8), np.asarray(batch[b"labels"], np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as e:
+            raise DataError(f"{name!r} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data) or (len(labels) and labels.max() > 9):
+            raise DataError(f"{name!r} is not a CIFAR-10 python batch (data {data.shape}, {len(labels)} labels)")
+        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0)
+        ys.append(labels.astype(np.int32))
+    return np.concatenate(xs), np.concatenate(ys), f"CIFAR-10 python batches at {path}"
+
+
 def load_images(path: str, image_size: int, test_fraction: float) -> ImageSplits:
     """Loads ``path`` by its format (``.npz``, CIFAR-10 ``.bin`` or directory), digits if empty."""
     if not path:
@@ -101,13 +141,93 @@ def load_images(path: str, image_size: int, test_fraction: float) -> ImageSplits
         raise DataError(f"data file {path!r} does not exist")
     elif path.endswith(".npz"):
         x, y, source = npz_file(path)
+    elif _is_cifar_python_file(path) or (os.path.isdir(path) and any(_is_cifar_python_file(f) for f in os.listdir(path))):
+        x, y, source = cifar10_python(path)
     elif path.endswith(".bin") or os.path.isdir(path):
         x, y, source = cifar10_binary(path)
     else:
-        raise DataError(f"data file {path!r} has an unknown image format; valid: .npz (x, y arrays), CIFAR-10 .bin batches or a directory of them")
+        raise DataError(f"data file {path!r} has an unknown image format; valid: .npz (x, y arrays), CIFAR-10 .bin or python "
+                        "batches (data_batch_N, test_batch) or a directory of them")
     if len(x) < 2:
         raise DataError(f"{path!r} holds {len(x)} images; need at least 2")
     x = _resize(x, image_size)
     x_train, y_train, x_test, y_test = _split(x, y, test_fraction)
     num_classes = int(max(y.max() + 1, 2))
     return ImageSplits(x_train, y_train, x_test, y_test, num_classes, source)
+
+
+# --- procedural haze for the restoration task: I = J t + A (1 - t), t = exp(-beta * depth).
+
+HAZE_BETA = (0.4, 2.0)  # scattering coefficient per image: t >= exp(-2) = 0.135 where depth is 1
+HAZE_AIRLIGHT = (0.6, 1.0)  # atmospheric light per image (grey; +-5 % per channel for colour images)
+_HAZE_TEST_SEED = _SPLIT_SEED + 1
+
+
+def _bilinear_matrix(size: int, grid: int) -> np.ndarray:
+    """[size, grid] weights that upsample ``grid`` samples to ``size`` by linear interpolation."""
+    position = np.linspace(0.0, grid - 1, size)
+    lower = np.minimum(np.floor(position).astype(int), grid - 2)
+    frac = position - lower
+    weights = np.zeros((size, grid))
+    weights[np.arange(size), lower] = 1.0 - frac
+    weights[np.arange(size), lower + 1] += frac
+    return weights
+
+
+def smooth_depth(rng: np.random.Generator, n: int, height: int, width: int, grid: int = 3) -> np.ndarray:
+    """``n`` smooth random depth maps [n, height, width] in [0, 1]: a linear ramp in a random
+    direction (a receding ground plane) plus a bilinearly upsampled ``grid`` x ``grid`` random
+    field, rescaled per image to a random range [near, far] with near in [0, 0.3], far in [0.6, 1]."""
+    ys, xs = np.meshgrid(np.linspace(0.0, 1.0, height), np.linspace(0.0, 1.0, width), indexing="ij")
+    angle = rng.uniform(0.0, 2 * np.pi, (n, 1, 1))
+    ramp = np.cos(angle) * xs + np.sin(angle) * ys
+    field = np.einsum("hi,nij,wj->nhw", _bilinear_matrix(height, grid), rng.random((n, grid, grid)), _bilinear_matrix(width, grid))
+    depth = ramp + rng.uniform(0.5, 1.5, (n, 1, 1)) * field
+    low, high = depth.min(axis=(1, 2), keepdims=True), depth.max(axis=(1, 2), keepdims=True)
+    unit = (depth - low) / np.maximum(high - low, 1e-6)
+    near, far = rng.uniform(0.0, 0.3, (n, 1, 1)), rng.uniform(0.6, 1.0, (n, 1, 1))
+    return near + (far - near) * unit
+
+
+def haze_parameters(rng: np.random.Generator, n: int, height: int, width: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random haze for ``n`` images: transmission t [n, H, W, 1] = exp(-beta * depth) with beta per
+    image in HAZE_BETA, and atmospheric light A [n, 1, 1, C] in HAZE_AIRLIGHT (float32)."""
+    beta = rng.uniform(*HAZE_BETA, (n, 1, 1))
+    transmission = np.exp(-beta * smooth_depth(rng, n, height, width))[..., None]
+    airlight = rng.uniform(*HAZE_AIRLIGHT, (n, 1, 1, 1))
+    if channels > 1:
+        airlight = np.clip(airlight * (1.0 + rng.uniform(-0.05, 0.05, (n, 1, 1, channels))), 0.0, 1.0)
+    return transmission.astype(np.float32), airlight.astype(np.float32)
+
+
+def apply_haze(clean: np.ndarray, transmission: np.ndarray, airlight: np.ndarray) -> np.ndarray:
+    """The atmospheric scattering model ``I = J t + A (1 - t)`` (in [0, 1] when J, t, A are)."""
+    return (clean * transmission + airlight * (1.0 - transmission)).astype(np.float32)
+
+
+def synthesize_haze(clean: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hazes clean images [N, H, W, C] in [0, 1] deterministically from ``seed``: (hazy, t, A)."""
+    n, height, width, channels = clean.shape
+    transmission, airlight = haze_parameters(np.random.default_rng(seed), n, height, width, channels)
+    return apply_haze(clean, transmission, airlight), transmission, airlight
+
+
+def hazy_test_split(clean: np.ndarray) -> np.ndarray:
+    """The held-out images with fixed haze (independent of ``config.seed``, like the split)."""
+    return synthesize_haze(clean, _HAZE_TEST_SEED)[0]
+
+
+class HazyImageIterator(ArrayIterator):
+    """Batches ``{"inputs": hazy, "targets": clean}`` of the training images, hazed afresh every
+    batch: the haze of batch ``i`` is a pure function of (seed, i) and of the row's place in the
+    global batch, so resuming and any number of processes see the same data."""
+
+    def __init__(self, clean: np.ndarray, batch_size: int, seed: int, *, shard: int = 0, num_shards: int = 1):
+        super().__init__({"targets": clean}, batch_size, seed, shard=shard, num_shards=num_shards)
+
+    def batch_at(self, position: int) -> dict:
+        clean = super().batch_at(position)["targets"]
+        _, height, width, channels = clean.shape
+        rng = np.random.default_rng([self.seed, position, 1])
+        transmission, airlight = (self._local_rows(a) for a in haze_parameters(rng, self.batch_size, height, width, channels))
+        return {"inputs": apply_haze(clean, transmission, airlight), "targets": clean}

@@ -70,17 +70,27 @@ def read_metrics(path: str) -> list[dict]:
     return records
 
 
+# Task metrics that get their own panel next to the loss when a run logs them.
+_EXTRA_PANELS = (
+    ("accuracy", "accuracy"),
+    ("psnr", "PSNR (dB)"),
+    ("modes_covered", "modes covered"),
+    ("high_quality_fraction", "samples within 3 std of a mode"),
+)
+
+
 def plot_loss_curves(records: Iterable[dict], out_path: str, *, title: str = "") -> str:
-    """Train and held-out loss against step (and accuracy, when logged) saved as one PNG."""
+    """Train and held-out loss against step (plus accuracy, PSNR, mode coverage when logged) as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     records = list(records)
-    panels = [("loss", "loss (nats)")]
-    if any(isinstance(r.get("accuracy"), (int, float)) for r in records):
-        panels.append(("accuracy", "accuracy"))
+    mse_loss = any(isinstance(r.get("psnr"), (int, float)) for r in records)  # image reconstruction (NeRF): loss is an MSE
+    panels = [("loss", "loss (MSE)" if mse_loss else "loss (nats)")] + [
+        (metric, label) for metric, label in _EXTRA_PANELS if any(isinstance(r.get(metric), (int, float)) for r in records)
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), dpi=110, squeeze=False)
     for ax, (metric, label) in zip(axes[0], panels):
         for split, style in (("train", "-"), ("eval", "o-")):
