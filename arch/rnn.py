@@ -79,6 +79,19 @@ class RecurrentLayer(nn.Module):
         return scan_cell(CELLS[self.kind], w_h.astype(self.dtype), carry, x_proj)[1]
 
 
+def embed_and_recur(model: nn.Module, tokens: jax.Array, *, decode: bool, deterministic: bool) -> jax.Array:
+    """Byte embedding then ``model.num_layers`` recurrent layers with dropout; called inside a
+    model's compact ``__call__``, so the submodules (``embed``, ``<kind>_<i>``) are that model's own."""
+    if model.kind not in CELLS:
+        raise ValueError(f"unknown cell {model.kind!r}; valid: {', '.join(CELLS)}")
+    x = nn.Embed(model.vocab_size, model.embed_dim, embedding_init=logical_init(nn.initializers.normal(1.0), ("vocab", "embed")),
+                 dtype=model.dtype, param_dtype=model.param_dtype, parent=model, name="embed")(tokens)
+    for i in range(model.num_layers):
+        x = RecurrentLayer(model.kind, model.hidden, decode, model.dtype, model.param_dtype, parent=model, name=f"{model.kind}_{i}")(x)
+        x = nn.Dropout(model.dropout_rate, parent=model)(x, deterministic=deterministic)
+    return x
+
+
 class RecurrentLM(nn.Module):
     """Embedding -> stacked recurrent layers -> LayerNorm -> vocabulary logits (float32)."""
 
@@ -94,13 +107,7 @@ class RecurrentLM(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
-        if self.kind not in CELLS:
-            raise ValueError(f"unknown cell {self.kind!r}; valid: {', '.join(CELLS)}")
-        x = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=logical_init(nn.initializers.normal(1.0), ("vocab", "embed")),
-                     dtype=self.dtype, param_dtype=self.param_dtype, name="embed")(tokens)
-        for i in range(self.num_layers):
-            x = RecurrentLayer(self.kind, self.hidden, self.decode, self.dtype, self.param_dtype, name=f"{self.kind}_{i}")(x)
-            x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = embed_and_recur(self, tokens, decode=self.decode, deterministic=deterministic)
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
         w_out = self.param("unembed", logical_init(DEFAULT_INIT, ("embed", "vocab")), (self.hidden, self.vocab_size), self.param_dtype)
         return token_matmul(x, w_out, self.dtype).astype(jnp.float32)
@@ -122,13 +129,7 @@ class RecurrentClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
-        if self.kind not in CELLS:
-            raise ValueError(f"unknown cell {self.kind!r}; valid: {', '.join(CELLS)}")
-        x = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=logical_init(nn.initializers.normal(1.0), ("vocab", "embed")),
-                     dtype=self.dtype, param_dtype=self.param_dtype, name="embed")(tokens)
-        for i in range(self.num_layers):
-            x = RecurrentLayer(self.kind, self.hidden, False, self.dtype, self.param_dtype, name=f"{self.kind}_{i}")(x)
-            x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = embed_and_recur(self, tokens, decode=False, deterministic=deterministic)
         pooled = jnp.concatenate([jnp.mean(x, axis=1), x[:, -1]], axis=-1)
         pooled = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(pooled)
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(pooled).astype(jnp.float32)
