@@ -34,6 +34,21 @@ def logical_dense(features: int, axes: tuple[str, str], *, dtype: Dtype, param_d
     )
 
 
+class GatheredEmbed(nn.Embed):
+    """nn.Embed whose table is gathered whole before the lookup.
+
+    With the table sharded (vocab over ``model``, embed over ``fsdp``) XLA's SPMD partitioner cannot
+    partition the row gather and falls back to replicating through a slow path ("involuntary full
+    rematerialization"); gathering the table first is what FSDP does for every weight anyway.
+    Same params as nn.Embed.
+    """
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        table = nn.with_logical_constraint(self.embedding, (None, None))
+        (table,) = nn.dtypes.promote_dtype(table, dtype=self.dtype, inexact=False)
+        return jnp.take(table, inputs, axis=0)
+
+
 def token_matmul(x: jax.Array, kernel: jax.Array, dtype: Dtype) -> jax.Array:
     """``x[..., d] @ kernel[d, ...]`` computed as one 2-D matmul over all tokens.
 

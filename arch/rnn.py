@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import DEFAULT_INIT, logical_init, token_matmul
+from arch.layers import DEFAULT_INIT, GatheredEmbed, logical_init, token_matmul
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
@@ -84,7 +84,7 @@ def embed_and_recur(model: nn.Module, tokens: jax.Array, *, decode: bool, determ
     model's compact ``__call__``, so the submodules (``embed``, ``<kind>_<i>``) are that model's own."""
     if model.kind not in CELLS:
         raise ValueError(f"unknown cell {model.kind!r}; valid: {', '.join(CELLS)}")
-    x = nn.Embed(model.vocab_size, model.embed_dim, embedding_init=logical_init(nn.initializers.normal(1.0), ("vocab", "embed")),
+    x = GatheredEmbed(model.vocab_size, model.embed_dim, embedding_init=logical_init(nn.initializers.normal(1.0), ("vocab", "embed")),
                  dtype=model.dtype, param_dtype=model.param_dtype, parent=model, name="embed")(tokens)
     for i in range(model.num_layers):
         x = RecurrentLayer(model.kind, model.hidden, decode, model.dtype, model.param_dtype, parent=model, name=f"{model.kind}_{i}")(x)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import DEFAULT_INIT, CausalSelfAttention, MlpBlock, logical_init, token_matmul
+from arch.layers import DEFAULT_INIT, CausalSelfAttention, GatheredEmbed, MlpBlock, logical_init, token_matmul
 
 Dtype = Any
 
@@ -102,7 +102,7 @@ class TransformerLM(nn.Module):
             start = 0
         positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
 
-        embed = nn.Embed(
+        embed = GatheredEmbed(
             self.vocab_size,
             self.d_model,
             embedding_init=logical_init(DEFAULT_INIT, ("vocab", "embed")),

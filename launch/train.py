@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_progress", action="store_true", help="no progress bar (log lines only)")
     parser.add_argument("--dry_run", action="store_true", help="check the model, config and data, print the resolved config, and exit without training")
     parser.add_argument("--summary", action="store_true", help="print parameters per module and XLA FLOPs per example, and exit without training")
+    parser.add_argument("--coordinator", default="", help="with --config.parallel.distributed=explicit: process 0's HOST:PORT (or JAX_COORDINATOR_ADDRESS)")
+    parser.add_argument("--num_processes", type=int, default=None, help="with distributed=explicit: how many processes (or JAX_NUM_PROCESSES)")
+    parser.add_argument("--process_id", type=int, default=None, help="with distributed=explicit: this process's index, 0-based (or JAX_PROCESS_ID)")
     args = parser.parse_args(flags)
 
     try:
@@ -66,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         print(config.to_json_best_effort(indent=2))
         print(f"dry run OK: --model={args.model}, data {dataset.source} ({dataset.description}), workdir {workdir}")
         return 0
+    from train.parallel import initialize_distributed
+
     try:
+        p = config.parallel
+        started = initialize_distributed(p.distributed, coordinator=args.coordinator, num_processes=args.num_processes,
+                                         process_id=args.process_id, heartbeat_timeout_s=p.heartbeat_timeout_s)
+        if "process" in started and not started.startswith("single"):
+            print(f"jax.distributed: {started}", flush=True)
         train_and_evaluate(config, workdir, progress=not args.no_progress)
     except (ConfigError, DataError, WorkdirError, MeshError, CheckpointError) as e:
         fail(str(e))

@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices (set before jax is imported) and tiny configs."""
 
+import math
 import os
 import sys
 
@@ -35,6 +36,9 @@ def tiny_config(model: str = "transformer", **overrides):
     base = get_config(model)
     values = {k: v for k, v in TINY.items() if k.split(".")[1] in base[k.split(".")[0]]}  # keys this family has
     values.update({k.replace("__", "."): str(v) for k, v in overrides.items()})
+    mesh = values.get("parallel.mesh", "")
+    if mesh and "-1" not in mesh and "parallel.num_devices" not in values:  # a mesh smaller than the 8 fake devices
+        values["parallel.num_devices"] = str(math.prod(int(part.split(":")[1]) for part in mesh.split(",")))
     return apply_overrides(base, values)
 
 

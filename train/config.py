@@ -53,10 +53,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep = 3
 
     c.parallel = ml_collections.ConfigDict()
-    # Named mesh over all devices, "axis:size,..." with one -1 meaning "the rest".
-    c.parallel.mesh = "data:-1,model:1"
-    # Logical axis -> mesh axis, "logical:mesh_axis,..."; unlisted logical axes are replicated.
-    c.parallel.rules = "batch:data,heads:model,mlp:model,vocab:model"
+    c.parallel.mode = "jit"  # jit: jax.jit + NamedSharding on the mesh; pmap: legacy data parallel (jax.pmap + pmean)
+    # Named mesh "axis:size,..." over axes data, fsdp, model; one -1 means "the rest".
+    c.parallel.mesh = "data:-1"
+    c.parallel.num_devices = 0  # 0: every device; N: the mesh uses the first N (single-process only)
+    # Logical axis -> mesh axes: a preset (default, data_parallel, fsdp, tensor_parallel; see
+    # train.parallel.RULE_SETS) or "logical:axis[+axis],..."; unlisted logical axes are replicated.
+    c.parallel.rules = "default"
+    # Multi-host: auto (initialize when SLURM / Open MPI / Cloud TPU / JAX_COORDINATOR_ADDRESS say
+    # there are several processes), off, or explicit (--coordinator, --num_processes, --process_id).
+    c.parallel.distributed = "auto"
+    c.parallel.heartbeat_timeout_s = 30  # a process silent this long stops the job (jax.distributed; its default is 100)
+    c.parallel.replicated_warn_size = 65536  # warn when a param this large is replicated on a model/fsdp mesh
 
     c.sample = ml_collections.ConfigDict()
     c.sample.prompt = "The "
@@ -242,6 +250,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (config.data.seq_len >= 2, "data.seq_len must be >= 2"),
         (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
         (config.data.image_size >= 0, "data.image_size must be >= 0"),
+        (config.parallel.mode in ("jit", "pmap"), f"parallel.mode must be jit or pmap (got {config.parallel.mode!r})"),
+        (config.parallel.distributed in ("auto", "off", "explicit"),
+         f"parallel.distributed must be auto, off or explicit (got {config.parallel.distributed!r})"),
+        (config.parallel.num_devices >= 0, "parallel.num_devices must be >= 0 (0 means every device)"),
+        (config.parallel.heartbeat_timeout_s >= 1, "parallel.heartbeat_timeout_s must be >= 1"),
     ]
     from train.data import dataset_names
 

@@ -127,9 +127,16 @@ class Run:
                 f"the data has {self.data.num_classes} classes but model.num_classes={config.model.num_classes}; set --config.model.num_classes"
             )
 
-        self.mesh = parallel.make_mesh(config.parallel.mesh)
-        self.rules = parallel.parse_rules(config.parallel.rules, self.mesh)
-        data_shards = dict(zip(self.mesh.axis_names, self.mesh.devices.shape)).get(dict(self.rules).get("batch"), 1)
+        p = config.parallel
+        self.mesh = parallel.make_mesh(p.mesh, p.num_devices)
+        self.rules = parallel.parse_rules(p.rules, self.mesh)
+        self.pmap = None
+        if p.mode == "pmap":
+            if set(parallel.mesh_shape(self.mesh)) != {"data"}:
+                raise parallel.MeshError(f"parallel.mode=pmap is data parallel only: use a data-only mesh such as data:-1 (got {p.mesh})")
+            self.rules = (("batch", "data"),)
+            self.pmap = parallel.PmapLayout(self.mesh)
+        data_shards = parallel.data_shard_count(self.mesh, self.rules)
         micro = config.train.batch_size // config.train.grad_accum_steps
         if micro % data_shards:
             raise parallel.MeshError(
@@ -152,7 +159,11 @@ class Run:
         init = lambda rng: init_train_state(self.module, self.tx, self.example_input, rng)
         with parallel.mesh_context(self.mesh, self.rules):
             boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
-        self.state_shardings = parallel.logical_shardings(boxed, self.mesh, self.rules)
+        self.sharding_notes: list[str] = []
+        if self.pmap is None:
+            self.state_shardings = parallel.logical_shardings(boxed, self.mesh, self.rules, self.sharding_notes)
+        else:  # pmap replicates everything; checkpoints hold the same global replicated arrays as jit mode
+            self.state_shardings = jax.tree.map(lambda _: parallel.replicated(self.mesh), nn.meta.unbox(boxed))
         self.abstract_state = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.meta.unbox(boxed), self.state_shardings
         )
@@ -165,50 +176,110 @@ class Run:
         }
 
         train_step = make_train_step(
-            module=self.module, task=self.task, tx=self.tx, grad_accum_steps=config.train.grad_accum_steps, lr_schedule=self.schedule
+            module=self.module, task=self.task, tx=self.tx, grad_accum_steps=config.train.grad_accum_steps, lr_schedule=self.schedule,
+            cross_replica_mean=None if self.pmap is None else (lambda tree: jax.lax.pmean(tree, parallel.PmapLayout.axis_name)),
         )
         self.train_step = train_step
-        self._jit_train_step = jax.jit(
-            lambda state, batch: train_step(state, batch, jax.random.fold_in(state.rng, state.step)),
-            in_shardings=(self.state_shardings, self.batch_sharding),
-            out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
-            donate_argnums=0,
-        )
+        step_with_rng = lambda state, batch: train_step(state, batch, jax.random.fold_in(state.rng, state.step))
+        if self.pmap is None:
+            self._jit_train_step = jax.jit(
+                step_with_rng,
+                in_shardings=(self.state_shardings, self.batch_sharding),
+                out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
+                donate_argnums=0,
+            )
+        else:
+            self._pmap_train_step = jax.pmap(
+                step_with_rng, axis_name=parallel.PmapLayout.axis_name, devices=self.pmap.local_devices, donate_argnums=0
+            )
         eval_step = make_eval_step(module=self.module, task=self.task)
         self._jit_eval_step = jax.jit(eval_step)
 
+    # --- state and batches in the mode's layout (jit: global sharded arrays; pmap: stacked per device)
+
     def init_state(self, seed: int) -> TrainState:
+        """A fresh state, created already sharded (never materialised whole on one device)."""
         with parallel.mesh_context(self.mesh, self.rules):
-            return self._init(jax.random.PRNGKey(seed))
+            state = self._init(jax.random.PRNGKey(seed))
+        return self.to_layout(state)
+
+    def to_layout(self, global_state: TrainState) -> TrainState:
+        """A global (checkpoint-layout) state -> the layout the train step takes."""
+        return global_state if self.pmap is None else self.pmap.to_stacked(global_state)
+
+    def to_global(self, state: TrainState) -> TrainState:
+        """The train step's layout -> the global state checkpoints, evaluation and plots use."""
+        return state if self.pmap is None else self.pmap.to_global(state)
+
+    def place_batch(self, host_batch: dict):
+        """This process's rows of the global batch -> device arrays the train step takes."""
+        if self.pmap is not None:
+            return self.pmap.split_batch(host_batch)
+        return jax.tree.map(parallel.put_batch, host_batch, self.batch_sharding)
+
+    def host_metrics(self, metrics) -> dict:
+        """Per-step metric sums (replicated) -> host floats; a host sync, so only at log intervals."""
+        if self.pmap is not None:
+            return {k: float(v) for k, v in self.pmap.first(metrics).items()}
+        return {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
 
     def compile_train_step(self):
-        """Compiles the train step ahead of time: one compile, memory known before the loop."""
+        """Compiles the train step ahead of time (jit mode): one compile, memory known before the loop."""
+        if self.pmap is not None:
+            return self._pmap_train_step
         with parallel.mesh_context(self.mesh, self.rules):
             return self._jit_train_step.lower(self.abstract_state, self._global_batch).compile()
+
+    def startup_report(self) -> list[str]:
+        params = jax.tree.map(lambda s: s, self.abstract_state.params)
+        lines, warnings = parallel.sharding_report(
+            params, self.state_shardings.params, self.mesh, replicated_warn_size=self.config.parallel.replicated_warn_size
+        )
+        mode = "pmap (legacy data parallel: replicated params, pmean of gradients)" if self.pmap else f"jit, rules {self.config.parallel.rules}"
+        lines.insert(2, f"mode: {mode}")
+        return lines + [f"note: {n}" for n in self.sharding_notes] + warnings
 
     def train_iterator(self) -> data_lib.PositionIterator:
         return self.data.train
 
     def eval_batches(self) -> list[tuple[dict, jax.Array]]:
-        return [(jax.tree.map(jnp.asarray, batch), jnp.asarray(weights)) for batch, weights in self.data.eval_batches]
+        """The held-out batches on the mesh: rows split over the data shards where they divide,
+        else replicated. Every process holds the whole held-out set, so each builds its shards."""
+
+        def place(x):
+            x = np.asarray(x)
+            sharding = parallel.batch_sharding(self.mesh, self.rules, x.ndim)
+            if x.ndim == 0 or x.shape[0] % parallel.data_shard_count(self.mesh, self.rules):
+                sharding = parallel.replicated(self.mesh)
+            return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+        return [(jax.tree.map(place, batch), place(weights)) for batch, weights in self.data.eval_batches]
 
     def evaluate(self, state: TrainState, batches) -> dict:
+        """Task metrics over ``batches``; ``state`` in the global layout (see ``to_global``)."""
         sums = None
         with parallel.mesh_context(self.mesh, self.rules):
             for batch, weights in batches:
                 out = self._jit_eval_step(state.params, state.model_state, batch, weights)
-                sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        return self.task.summarize(jax.device_get(sums))
+                sums = out if sums is None else _accumulate_jit(sums, out)
+        return self.task.summarize(parallel.gather_to_host(sums, self.mesh))
+
+    def host_params(self, state: TrainState):
+        """(params, model_state) whole on the host. A collective: every process must call it."""
+        return parallel.gather_to_host((state.params, state.model_state), self.mesh)
 
     def plot(self, state: TrainState, workdir: str, step: int) -> list[str]:
-        """The task's own figures (sample grids, rendered views) into ``workdir/plots``."""
+        """The task's own figures (sample grids, rendered views) into ``workdir/plots``; process 0
+        draws, every process takes part in gathering the params."""
         if self.task.plot is None:
             return []
-        params, model_state = jax.device_get((state.params, state.model_state))
+        params, model_state = self.host_params(state)
+        if jax.process_index() != 0:
+            return []
         return self.task.plot(self.module, params, model_state, self.data, os.path.join(workdir, "plots"), step)
 
     def sample(self, state: TrainState, prompt: bytes, length: int, *, temperature: float, top_k: int, seed: int = 0) -> bytes:
-        params = jax.device_get(state.params)
+        params, _ = self.host_params(state)
         return generate(
             self.decode_module, params, prompt, length, max_len=self.config.model.max_len,
             rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k,
@@ -227,8 +298,12 @@ def _format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def _host_scalar(x) -> int:
+    return int(np.asarray(x.addressable_data(0)).reshape(-1)[0])
+
+
 def _check_finite(state: TrainState) -> None:
-    bad = int(jax.device_get(state.nonfinite_step))
+    bad = _host_scalar(state.nonfinite_step)
     if bad >= 0:
         raise NonFiniteLossError(
             f"loss became non-finite at step {bad + 1}; stopped without writing a checkpoint of it (earlier checkpoints are intact)"
@@ -266,20 +341,23 @@ def train_and_evaluate(
         state, start_step = run.init_state(config.seed), 0
     else:
         state, data_state, start_step = restored
+        state = run.to_layout(state)
         iterator.set_state(data_state)
         say(f"resuming from step {start_step} in {checkpointer.directory}")
 
-    n_params = param_count(state.params)
-    write_run_info(workdir, config, {"param_count": n_params, "data_source": run.data.source,
-                                     "example_input": {"shape": list(run.example_input.shape), "dtype": str(run.example_input.dtype)},
-                                     "mesh": dict(zip(run.mesh.axis_names, map(int, run.mesh.devices.shape)))})
+    n_params = param_count(run.abstract_state.params)
+    if primary:
+        write_run_info(workdir, config, {"param_count": n_params, "data_source": run.data.source,
+                                         "example_input": {"shape": list(run.example_input.shape), "dtype": str(run.example_input.dtype)},
+                                         "mesh": parallel.mesh_shape(run.mesh), "parallel_mode": config.parallel.mode})
     writer = MetricWriter(workdir, enabled=primary)
     writer.truncate_after(start_step)
     say(
         f"{config.model_name}: {n_params:,} params | data {run.data.source}: {run.data.description} | "
-        f"{jax.device_count()} {jax.default_backend()} device(s), mesh "
-        f"{dict(zip(run.mesh.axis_names, map(int, run.mesh.devices.shape)))}"
+        f"{run.mesh.devices.size} {jax.default_backend()} device(s), mesh {parallel.mesh_shape(run.mesh)}"
     )
+    for line in run.startup_report():
+        say(line)
 
     # --- compile once, then loop
     compiled_step = run.compile_train_step()
@@ -294,33 +372,33 @@ def train_and_evaluate(
     try:
         with stop.installed():
             while step < end_step and not stop:
-                batch = jax.tree.map(parallel.put_batch, next(iterator), run.batch_sharding)
+                batch = run.place_batch(next(iterator))
                 state, metrics = compiled_step(state, batch)
                 totals = metrics if totals is None else _accumulate_jit(totals, metrics)
                 step += 1
                 bar.update(1)
 
                 if step % t.log_every == 0 or step == t.steps:
-                    _check_finite(state)
+                    _check_finite(run.to_global(state))
                     count = step - window_start
-                    host = {k: float(v) / count for k, v in jax.device_get(totals).items()}
+                    host = {k: v / count for k, v in run.host_metrics(totals).items()}
                     host["steps_per_s"] = count / max(time.time() - window_time, 1e-9)
                     writer.write(step, "train", host)
                     bar.set_postfix(loss=f"{host['loss']:.3f}", refresh=False)
                     totals, window_start, window_time = None, step, time.time()
                 if step % t.eval_every == 0 and step != t.steps:
-                    result = run.evaluate(state, eval_batches)
+                    result = run.evaluate(run.to_global(state), eval_batches)
                     writer.write(step, "eval", result)
+                    run.plot(run.to_global(state), workdir, step)
                     if primary:
-                        run.plot(state, workdir, step)
-                    bar.write(f"step {step}: {run.data.held_out_name} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+                        bar.write(f"step {step}: {run.data.held_out_name} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
                 if step % config.checkpoint.every == 0 or step == end_step:
-                    _check_finite(state)
-                    checkpointer.save(step, state, iterator.get_state())
+                    _check_finite(run.to_global(state))
+                    checkpointer.save(step, run.to_global(state), iterator.get_state())
                     last_saved = step
             if stop and step != last_saved:
-                _check_finite(state)
-                checkpointer.save(step, state, iterator.get_state())
+                _check_finite(run.to_global(state))
+                checkpointer.save(step, run.to_global(state), iterator.get_state())
                 last_saved = step
     finally:
         bar.close()
@@ -335,6 +413,7 @@ def train_and_evaluate(
         return summary
 
     # --- final evaluation, plot, sample
+    state = run.to_global(state)
     result = run.evaluate(state, eval_batches)
     writer.write(step, "eval", result)
     writer.close()
@@ -343,7 +422,9 @@ def train_and_evaluate(
         summary["plot"] = plot_loss_curves(
             read_metrics(writer.path), os.path.join(workdir, "plots", "loss.png"), title=f"{config.model_name} ({workdir})"
         )
-        summary["task_plots"] = run.plot(state, workdir, step)
+    task_plots = run.plot(state, workdir, step)  # every process helps gather the params
+    if primary:
+        summary["task_plots"] = task_plots
     say(f"{run.data.held_out_name} at step {step}: {run.task.report(result)}; "
         f"{_format_duration(summary['train_seconds'])} in all")
     if run.spec.task == "lm":

@@ -1,15 +1,18 @@
-"""Named mesh, logical-axis rules and the shardings derived from them.
+"""Named mesh, logical-axis rules, the shardings derived from them, pmap mode and multi-host init.
 
 Models name their axes (``batch``, ``embed``, ``heads``, ``mlp``, ``vocab`` ...); the config's
-``parallel.mesh`` builds a mesh such as ``data:-1,model:1`` and ``parallel.rules`` maps logical
-names onto mesh axes. Params are created already sharded by jitting init with these shardings,
-and the train step is ``jax.jit`` with in/out shardings: that is pjit in today's JAX.
+``parallel.mesh`` builds a mesh such as ``data:4,model:2`` (axes ``data``, ``fsdp``, ``model``) and
+``parallel.rules`` maps logical names onto mesh axes, either as a preset from ``RULE_SETS`` or as
+``logical:axis[+axis],...``. Params and optimizer state are created already sharded by jitting init
+with these shardings, and the train step is ``jax.jit`` with in/out shardings: that is pjit in
+today's JAX. ``parallel.mode=pmap`` runs the same train step under ``jax.pmap`` (the legacy path).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -18,22 +21,36 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 class MeshError(ValueError):
-    """A mesh spec that does not fit the available devices."""
+    """A mesh, rule set or process layout that does not fit the available devices."""
 
 
+MESH_AXES = ("data", "fsdp", "model")
 
+# Presets for ``parallel.rules``. Rules are tried in order and a mesh axis is used at most once per
+# array, so under ``fsdp`` an activation [batch, length, embed] shards batch over data+fsdp and keeps
+# embed whole, while a parameter [vocab, embed] shards embed over fsdp (ZeRO-3 / FSDP). Axes the mesh
+# lacks are dropped, so ``default`` is data parallel on a data-only mesh, FSDP where an ``fsdp`` axis
+# exists, and Megatron tensor parallel (heads and MLP hidden split) where a ``model`` axis exists.
+RULE_SETS = {
+    "data_parallel": "batch:data+fsdp",
+    "fsdp": "batch:data+fsdp,embed:fsdp",
+    "tensor_parallel": "batch:data+fsdp,heads:model,mlp:model,vocab:model",
+    "default": "batch:data+fsdp,embed:fsdp,heads:model,mlp:model,vocab:model",
+}
 
 
 def parse_mesh_spec(spec: str, num_devices: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """``"data:-1,model:2"`` -> (("data", "model"), (n/2, 2)); one -1 means "the rest".
 
-    Without a -1 the mesh may use fewer devices than exist (the first ones), e.g. ``data:1``.
+    The mesh must use exactly ``num_devices`` devices (``parallel.num_devices`` picks a subset).
     """
     names, sizes = [], []
     for part in spec.split(","):
         name, sep, size = part.strip().partition(":")
         if not sep or not name:
-            raise MeshError(f"bad mesh spec {spec!r}: expected 'axis:size,...' e.g. 'data:-1,model:1'")
+            raise MeshError(f"bad mesh spec {spec!r}: expected 'axis:size,...' e.g. 'data:4,model:2'")
+        if name not in MESH_AXES:
+            raise MeshError(f"bad mesh spec {spec!r}: unknown axis {name!r}; axes are {', '.join(MESH_AXES)}")
         try:
             sizes.append(int(size))
         except ValueError:
@@ -46,28 +63,68 @@ def parse_mesh_spec(spec: str, num_devices: int) -> tuple[tuple[str, ...], tuple
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise MeshError(f"mesh {spec!r} does not divide {num_devices} devices")
+            raise MeshError(f"mesh {spec} does not divide {num_devices} devices (the fixed axes take {known})")
         sizes[sizes.index(-1)] = num_devices // known
-    if math.prod(sizes) > num_devices:
-        raise MeshError(f"mesh {spec!r} needs {math.prod(sizes)} devices but {num_devices} are available")
+    if math.prod(sizes) != num_devices:
+        raise MeshError(
+            f"mesh {spec} needs {math.prod(sizes)} devices, found {num_devices}; "
+            "use -1 for one axis to take the rest, or parallel.num_devices to use a subset"
+        )
     return tuple(names), tuple(sizes)
 
 
-def make_mesh(spec: str, devices=None) -> Mesh:
-    devices = list(jax.devices() if devices is None else devices)
+def mesh_devices(num_devices: int = 0) -> list:
+    """All devices (process-major, as jax.devices() orders them), or the first ``num_devices``."""
+    devices = jax.devices()
+    if num_devices < 0 or num_devices > len(devices):
+        raise MeshError(f"parallel.num_devices={num_devices} but {len(devices)} devices are available (0 means all)")
+    if num_devices and jax.process_count() > 1 and num_devices != len(devices):
+        raise MeshError("parallel.num_devices must be 0 (all devices) in a multi-process run")
+    return devices[:num_devices] if num_devices else devices
+
+
+def make_mesh(spec: str, num_devices: int = 0) -> Mesh:
+    devices = mesh_devices(num_devices)
     names, sizes = parse_mesh_spec(spec, len(devices))
-    return Mesh(np.array(devices[: math.prod(sizes)]).reshape(sizes), names)
+    return Mesh(np.array(devices).reshape(sizes), names)
 
 
-def parse_rules(rules: str, mesh: Mesh) -> tuple[tuple[str, str | None], ...]:
-    """``"batch:data,heads:model"`` -> flax logical axis rules, dropping axes the mesh lacks."""
+def mesh_shape(mesh: Mesh) -> dict[str, int]:
+    return dict(zip(mesh.axis_names, map(int, mesh.devices.shape)))
+
+
+def parse_rules(rules: str, mesh: Mesh) -> tuple[tuple[str, str | tuple[str, ...] | None], ...]:
+    """A preset name or ``"batch:data+fsdp,heads:model"`` -> flax logical axis rules.
+
+    Mesh axes the mesh lacks (or has with size 1) are dropped, so one rule set serves every mesh.
+    """
+    text = RULE_SETS.get(rules.strip(), rules)
+    sizes = mesh_shape(mesh)
     out = []
-    for part in filter(None, (p.strip() for p in rules.split(","))):
-        logical, sep, mesh_axis = part.partition(":")
-        if not sep:
-            raise MeshError(f"bad rule {part!r} in parallel.rules: expected 'logical:mesh_axis'")
-        out.append((logical, mesh_axis if mesh_axis in mesh.axis_names else None))
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        logical, sep, targets = part.partition(":")
+        if not sep or not logical:
+            raise MeshError(
+                f"bad rule {part!r} in parallel.rules: expected a preset ({', '.join(RULE_SETS)}) or 'logical:mesh_axis[+axis],...'"
+            )
+        axes = [a.strip() for a in targets.split("+") if a.strip() and a.strip().lower() != "none"]
+        unknown = [a for a in axes if a not in MESH_AXES]
+        if unknown:
+            raise MeshError(f"bad rule {part!r} in parallel.rules: unknown mesh axis {unknown[0]!r}; axes are {', '.join(MESH_AXES)}")
+        kept = tuple(a for a in axes if sizes.get(a, 1) > 1)
+        out.append((logical, kept[0] if len(kept) == 1 else (kept or None)))
     return tuple(out)
+
+
+def batch_axes(rules) -> tuple[str, ...]:
+    """The mesh axes the ``batch`` logical axis is split over."""
+    target = dict(rules).get("batch")
+    return () if target is None else (target,) if isinstance(target, str) else tuple(target)
+
+
+def data_shard_count(mesh: Mesh, rules) -> int:
+    sizes = mesh_shape(mesh)
+    return math.prod(sizes[a] for a in batch_axes(rules))
 
 
 @contextlib.contextmanager
@@ -77,16 +134,44 @@ def mesh_context(mesh: Mesh, rules):
         yield
 
 
-def logical_shardings(boxed_tree, mesh: Mesh, rules):
-    """NamedShardings for a pytree whose leaves are boxed with logical names (others replicated)."""
+def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], sizes: dict[str, int]) -> tuple[PartitionSpec, list[int]]:
+    """Drops mesh axes from dims they do not divide; returns the spec and the dims dropped."""
+    entries, dropped = [], []
+    for dim, entry in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        if axes and shape[dim] % math.prod(sizes[a] for a in axes):
+            entries.append(None)
+            dropped.append(dim)
+        else:
+            entries.append(entry)
+    return PartitionSpec(*entries), dropped
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, rules, notes: list[str] | None = None):
+    """NamedShardings for a pytree whose leaves are boxed with logical names (others replicated).
+
+    A dimension a mesh axis does not divide (e.g. 3 heads over model:2) is replicated instead of
+    failing at compile time; each such case is appended to ``notes`` for the start-up report.
+    """
     specs = nn.get_partition_spec(boxed_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    mesh_specs = nn.logical_to_mesh(specs, rules)
+    shapes = nn.meta.unbox(boxed_tree)
+    sizes = mesh_shape(mesh)
+
+    def fit(path, spec, leaf):
+        fitted, dropped = _fit_spec(spec, tuple(leaf.shape), sizes)
+        if dropped and notes is not None:
+            notes.append(f"{_path_name(path)} {tuple(leaf.shape)}: dim {dropped} not divisible as {spec}; replicated along it")
+        return NamedSharding(mesh, fitted)
+
+    return jax.tree_util.tree_map_with_path(fit, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
     """Leading (batch) axis split over whatever ``batch`` maps to; the rest replicated."""
-    batch_axis = dict(rules).get("batch")
-    return NamedSharding(mesh, PartitionSpec(batch_axis, *([None] * (ndim - 1))))
+    axes = batch_axes(rules)
+    lead = None if not axes else axes[0] if len(axes) == 1 else axes
+    return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -96,3 +181,165 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def put_batch(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """Places this process's rows of a global batch onto the mesh."""
     return jax.make_array_from_process_local_data(sharding, batch)
+
+
+def gather_to_host(tree, mesh: Mesh):
+    """The whole of each (possibly sharded, possibly multi-process) array as numpy, on every process.
+
+    A collective: in a multi-process run every process must call it.
+    """
+    full = jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), full)
+
+
+# ------------------------------------------------------------------------------ start-up report
+
+
+def _path_name(path) -> str:
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+    return "/".join(parts)
+
+
+def sharding_report(params, shardings, mesh: Mesh, *, top: int = 6, replicated_warn_size: int = 1 << 16) -> tuple[list[str], list[str]]:
+    """(lines, warnings): device kind/count, the mesh, the largest params with their
+    PartitionSpec, and a warning for each param of at least ``replicated_warn_size`` elements left
+    fully replicated while a ``model`` or ``fsdp`` axis (size > 1) exists.
+    """
+    devices = mesh.devices.flatten()
+    kinds = sorted({d.device_kind for d in devices})
+    lines = [
+        f"devices: {len(devices)} x {', '.join(kinds)} ({jax.process_count()} process(es), {jax.local_device_count()} local)",
+        f"mesh: {', '.join(f'{k}={v}' for k, v in mesh_shape(mesh).items())}",
+    ]
+    rows = [
+        (_path_name(path), tuple(leaf.shape), sharding.spec)
+        for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(shardings))
+    ]
+    rows.sort(key=lambda r: -math.prod(r[1]))
+    if rows:
+        width = max(len(r[0]) for r in rows[:top])
+        lines.append(f"largest params ({len(rows)} in all):")
+        lines += [f"  {name:<{width}}  {str(shape):<16} {spec}" for name, shape, spec in rows[:top]]
+    splitting = [a for a in ("model", "fsdp") if mesh_shape(mesh).get(a, 1) > 1]
+    warnings = []
+    if splitting:
+        left = [(n, s) for n, s, spec in rows if math.prod(s) >= replicated_warn_size and all(e is None for e in spec)]
+        if left:
+            names = ", ".join(f"{n} {s}" for n, s in left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+            warnings.append(
+                f"warning: {len(left)} param(s) of >= {replicated_warn_size:,} elements are fully replicated although the mesh has "
+                f"{'/'.join(splitting)}: {names}; give them logical axis names or extend parallel.rules"
+            )
+    return lines, warnings
+
+
+# ----------------------------------------------------------------------------------- pmap mode
+
+
+class PmapLayout:
+    """The legacy data-parallel path: state stacked on the local devices, batch split per device.
+
+    Checkpoints, evaluation and plots see the same global, replicated state as jit mode
+    (``to_global``), so a run can switch modes across a resume.
+    """
+
+    axis_name = "data"
+
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
+        self.local_devices = jax.local_devices()
+        self.count = len(self.local_devices)
+
+    def to_stacked(self, state):
+        stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x.addressable_data(0)), (self.count,) + x.shape), state)
+        return jax.pmap(lambda t: t, devices=self.local_devices)(stacked)
+
+    def to_global(self, stacked):
+        sharding = replicated(self.mesh)
+
+        def unstack(x):
+            per_device = [shard.data.reshape(x.shape[1:]) for shard in x.addressable_shards]
+            return jax.make_array_from_single_device_arrays(x.shape[1:], sharding, per_device)
+
+        return jax.tree.map(unstack, stacked)
+
+    def split_batch(self, batch: dict) -> dict:
+        def split(x):
+            if x.shape[0] % self.count:
+                raise MeshError(f"a process-local batch of {x.shape[0]} rows does not split over {self.count} local devices")
+            return x.reshape((self.count, x.shape[0] // self.count) + x.shape[1:])
+
+        return jax.tree.map(split, batch)
+
+    def first(self, tree):
+        """Per-device values (identical after pmean) -> one host copy."""
+        return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(tree))
+
+
+# ---------------------------------------------------------------------------------- multi-host
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.lstrip("-").isdigit() else None
+
+
+def cluster_says_multiprocess() -> str | None:
+    """The scheduler whose environment says this job has several processes, or None."""
+    if (_env_int("SLURM_NTASKS") or _env_int("SLURM_NPROCS") or 1) > 1 and "SLURM_JOB_ID" in os.environ:
+        return "SLURM"
+    if (_env_int("OMPI_COMM_WORLD_SIZE") or 1) > 1:
+        return "Open MPI"
+    if len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]) > 1:
+        return "Cloud TPU"
+    if os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return "Cloud TPU (multislice)"
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and (_env_int("JAX_NUM_PROCESSES") or 1) > 1:
+        return "JAX_COORDINATOR_ADDRESS"
+    return None
+
+
+def initialize_distributed(mode: str, *, coordinator: str = "", num_processes: int | None = None,
+                           process_id: int | None = None, heartbeat_timeout_s: int = 30) -> str:
+    """Starts JAX's multi-process runtime per ``parallel.distributed``; returns what it did.
+
+    ``auto``: ``jax.distributed.initialize()`` with the scheduler's own settings when SLURM, Open MPI,
+    Cloud TPU or ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` say there are several processes.
+    ``explicit``: coordinator/num_processes/process_id from the arguments, else from the env vars
+    ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``. ``off``: single process.
+    Must run before anything touches a JAX backend. CPU collectives use gloo (needed for CPU
+    multi-process; GPUs and TPUs use their own).
+    """
+    if mode == "off":
+        return "single process (parallel.distributed=off)"
+    if mode not in ("auto", "explicit"):
+        raise MeshError(f"parallel.distributed must be auto, off or explicit (got {mode!r})")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if mode == "auto":
+        source = cluster_says_multiprocess()
+        if source is None:
+            return "single process (no multi-process scheduler detected)"
+        kwargs = {}
+        if source == "JAX_COORDINATOR_ADDRESS":
+            kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"], num_processes=_env_int("JAX_NUM_PROCESSES"),
+                          process_id=_env_int("JAX_PROCESS_ID"))
+        jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat_timeout_s)
+        return f"{jax.process_count()} processes ({source}), this is process {jax.process_index()}"
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    host, sep, port = coordinator.rpartition(":")
+    if not (sep and host and port.isdigit()):
+        raise MeshError(f"parallel.distributed=explicit needs --coordinator=HOST:PORT (or JAX_COORDINATOR_ADDRESS); got {coordinator!r}")
+    if num_processes is None or num_processes < 1:
+        raise MeshError("parallel.distributed=explicit needs --num_processes=N >= 1 (or JAX_NUM_PROCESSES)")
+    if process_id is None or not 0 <= process_id < num_processes:
+        raise MeshError(f"parallel.distributed=explicit needs --process_id in 0..{num_processes - 1} (or JAX_PROCESS_ID); got {process_id}")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
+    return f"process {process_id} of {num_processes}, coordinator {coordinator}"

@@ -26,8 +26,15 @@ def _split_micro_batches(batch, num_micro: int):
     return jax.tree.map(split, batch)
 
 
-def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, grad_accum_steps: int = 1, lr_schedule: Callable | None = None):
-    """Returns ``train_step(state, batch, rng) -> (state, metrics)``; rng is this step's key."""
+def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
+                    lr_schedule: Callable | None = None, cross_replica_mean: Callable | None = None):
+    """Returns ``train_step(state, batch, rng) -> (state, metrics)``; rng is this step's key.
+
+    ``cross_replica_mean`` (pmap mode: ``lax.pmean`` over the device axis) averages gradients,
+    metrics and batch statistics across replicas before the update; under jit the step already sees
+    the global batch, so it is None.
+    """
+    sync = cross_replica_mean or (lambda tree: tree)
 
     def loss_and_grad(params, model_state, batch, rng):
         def loss_of(p):
@@ -56,6 +63,7 @@ def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, gra
             metrics = jax.tree.map(jnp.mean, metrics)
             loss = metrics["loss"]
 
+        grads, metrics, model_state, loss = sync((grads, metrics, model_state, loss))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)
