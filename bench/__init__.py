@@ -1,0 +1,14 @@
+"""Benchmarks: machine facts, suite measurements, and the JSON + markdown report.
+
+``python -m launch.benchmark`` is the CLI; notebooks call the library directly::
+
+    from bench.machine import machine_info
+    from bench.parallel import measure
+    results = {"machine": machine_info(), "parallel": measure(repeats=10)}
+
+Importing this package does not import jax (``bench.xla_flags`` must run before it).
+"""
+
+
+class BenchmarkError(ValueError):
+    """A benchmark that cannot run as asked (bad suite name, too few devices, unwritable output)."""

@@ -1,0 +1,44 @@
+"""The registry of benchmark suites and ``--suite`` name resolution.
+
+A suite is a module with ``run_suite(repeats: int | None) -> dict`` (its JSON section) and
+``markdown_table(result) -> list[str]`` (its README rows). Modules are imported only when a
+suite runs, so a bad name is rejected before jax starts. A new suite is one module + one line.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from bench import BenchmarkError
+
+SUITES: dict[str, str] = {
+    "parallel": "bench.parallel",
+}
+ALL = "all"
+
+
+def suite_names() -> list[str]:
+    """Every valid ``--suite`` value: the suites, then ``all``."""
+    return [*SUITES, ALL]
+
+
+def select_suites(name: str) -> list[str]:
+    """``"all"`` -> every suite; a suite name -> [it]; anything else -> BenchmarkError naming the valid ones."""
+    if name == ALL:
+        return list(SUITES)
+    if name in SUITES:
+        return [name]
+    raise BenchmarkError(f"unknown suite {name!r}; valid suites: {', '.join(suite_names())}")
+
+
+def suite_module(name: str):
+    select_suites(name)
+    return importlib.import_module(SUITES[name])
+
+
+def run_suite(name: str, repeats: int | None = None) -> dict:
+    return suite_module(name).run_suite(repeats)
+
+
+def markdown_table(name: str, result: dict) -> list[str]:
+    return suite_module(name).markdown_table(result)
