@@ -263,3 +263,24 @@ def test_survivor_exits_when_a_process_dies(tmp_path, python, victim):
     assert survivor.returncode != 0
     assert waited < SURVIVOR_DEADLINE_S, f"survivor took {waited:.0f}s"
     assert "another task died" in output or "peer process" in output, output[-2000:]
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path, python):
+    """Preemption in a multi-process job: JAX's preemption sync point picks one step for everyone."""
+    port = _free_port()
+    overrides = {"train.steps": "100000", "train.log_every": "5", "train.eval_every": "100000", "checkpoint.every": "100000"}
+    procs = [_launch(python, tmp_path, i, port, **overrides) for i in range(2)]
+    try:
+        deadline = time.time() + 240
+        while not (os.path.exists(tmp_path / "metrics.jsonl") and _records(tmp_path, "train")):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), "training did not start"
+            time.sleep(1)
+        procs[1].send_signal(signal.SIGTERM)
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    saved = [int(name) for name in os.listdir(tmp_path / "checkpoints")]
+    assert len(saved) == 1 and f"saved checkpoint at step {saved[0]}" in outputs[0]

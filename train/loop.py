@@ -82,11 +82,17 @@ def write_run_info(workdir: str, config: ml_collections.ConfigDict, extra: dict)
 
 
 class StopRequest:
-    """Set by SIGTERM (preemption) or a first Ctrl-C; the loop saves and returns at the next step."""
+    """Set by SIGTERM (preemption) or a first Ctrl-C; the loop saves and returns at the next step.
+
+    In a multi-process run the processes must stop at the same step or their next collective
+    hangs, so there SIGTERM is left to JAX's preemption service and ``check(step)`` asks
+    ``multihost_utils.reached_preemption_sync_point``, which agrees on one step across processes.
+    """
 
     def __init__(self):
         self.signal_name: str | None = None
         self._previous = {}
+        self._multi_process = jax.process_count() > 1
 
     def __bool__(self):
         return self.signal_name is not None
@@ -96,10 +102,20 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
 
+    def check(self, step: int) -> bool:
+        """Called once per step by every process; True when this step is where to stop."""
+        if self._multi_process and self.signal_name is None:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signal_name = "a preemption notice (SIGTERM to a process)"
+        return bool(self)
+
     @contextlib.contextmanager
     def installed(self):
+        signals = () if self._multi_process else (signal.SIGTERM, signal.SIGINT)
         try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread: run without handlers
             pass
@@ -377,6 +393,7 @@ def train_and_evaluate(
                 totals = metrics if totals is None else _accumulate_jit(totals, metrics)
                 step += 1
                 bar.update(1)
+                stop.check(step)
 
                 if step % t.log_every == 0 or step == t.steps:
                     _check_finite(run.to_global(state))
