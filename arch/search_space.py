@@ -1,0 +1,302 @@
+"""NAS search spaces as integer codes: the NAS-Bench-201 cell, a masked dense net, hyperparameters.
+
+A member of a population is a row of int32 decision indices, so a population is one ``[P, L]``
+array that the vmap-ed trainer, the strategies and history files all share. Every space offers
+``num_choices`` (choices per decision), ``random_codes(rng, n)``, ``mutate(rng, codes)`` (exactly one
+decision changed, always to a different value) and ``describe(code)``. Pure numpy, deterministic
+given the ``np.random.Generator``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- NAS-Bench-201 cell
+
+OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to_node, from_node), NAS-Bench-201 string order
+NUM_NODES = 4
+NUM_EDGES = len(EDGES)
+NUM_OPS = len(OPS)
+NUM_ARCHITECTURES = NUM_OPS**NUM_EDGES
+CELL_FORMAT = "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|"
+_VALID_OPS = "valid ops: " + ", ".join(OPS)
+_PLACE_VALUES = NUM_OPS ** np.arange(NUM_EDGES - 1, -1, -1)  # edge 0 most significant
+
+
+class GenotypeError(ValueError):
+    """A cell genotype (string or code) that is not a valid NAS-Bench-201 cell."""
+
+
+def _edge_name(edge: int) -> str:
+    to_node, from_node = EDGES[edge]
+    return f"edge {edge + 1} (node {to_node} <- node {from_node})"  # numbered from 1, left to right in the string
+
+
+def check_choices(codes, num_choices, what: str) -> np.ndarray:
+    """Returns ``codes`` as int32 after checking the last axis has one in-range index per decision."""
+    codes = np.asarray(codes)
+    sizes = np.asarray(num_choices)
+    if codes.ndim == 0 or codes.shape[-1] != len(sizes) or not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"{what} codes must be integers of shape [..., {len(sizes)}], got {codes.dtype} {codes.shape}")
+    bad = (codes < 0) | (codes >= sizes)
+    if bad.any():
+        position = int(np.argwhere(bad)[0][-1])
+        raise ValueError(f"{what} decision {position} must be in [0, {sizes[position]}), got {codes[bad][0]}")
+    return codes.astype(np.int32)
+
+
+def _check_genotype(code) -> np.ndarray:
+    try:
+        return check_choices(code, (NUM_OPS,) * NUM_EDGES, "cell")
+    except ValueError as error:
+        raise GenotypeError(f"{error}; {_VALID_OPS}") from None
+
+
+def genotype_to_string(code) -> str:
+    """Formats one genotype ``[6]`` as the NAS-Bench-201 string, e.g. ``|nor_conv_3x3~0|+|...|``."""
+    code = _check_genotype(code)
+    if code.ndim != 1:
+        raise GenotypeError(f"expected one genotype of shape [{NUM_EDGES}], got shape {code.shape}")
+    groups = []
+    for to_node in range(1, NUM_NODES):
+        tokens = [f"{OPS[code[e]]}~{f}" for e, (t, f) in enumerate(EDGES) if t == to_node]
+        groups.append("|" + "|".join(tokens) + "|")
+    return "+".join(groups)
+
+
+def genotype_from_string(text: str) -> np.ndarray:
+    """Parses a NAS-Bench-201 cell string into its code ``[6]`` int32; GenotypeError names what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise GenotypeError(f"empty genotype string; expected {CELL_FORMAT}; {_VALID_OPS}")
+    groups = text.strip().split("+")
+    if len(groups) != NUM_NODES - 1:
+        raise GenotypeError(f"genotype has {len(groups)} node groups separated by '+', expected {NUM_NODES - 1} "
+                            f"({CELL_FORMAT}); {_VALID_OPS}")
+    code = np.zeros(NUM_EDGES, np.int32)
+    edge = 0
+    for to_node, group in enumerate(groups, start=1):
+        expected = "|" + "|".join(f"op~{i}" for i in range(to_node)) + "|"
+        if len(group) < 2 or group[0] != "|" or group[-1] != "|":
+            raise GenotypeError(f"node {to_node}: expected {expected}, got {group!r}; {_VALID_OPS}")
+        tokens = group[1:-1].split("|")
+        if len(tokens) != to_node:
+            raise GenotypeError(f"node {to_node} has {len(tokens)} input edges, expected {to_node} "
+                                f"({expected}); {_VALID_OPS}")
+        for from_node, token in enumerate(tokens):
+            op, tilde, index = token.partition("~")
+            if not tilde:
+                raise GenotypeError(f"{_edge_name(edge)}: expected 'op~{from_node}', got {token!r}; {_VALID_OPS}")
+            if index != str(from_node):
+                raise GenotypeError(f"{_edge_name(edge)}: wrong input index '~{index}', expected '~{from_node}' "
+                                    f"in {token!r}; {_VALID_OPS}")
+            if op not in OPS:
+                raise GenotypeError(f"{_edge_name(edge)}: unknown op {op!r}; {_VALID_OPS}")
+            code[edge] = OPS.index(op)
+            edge += 1
+    return code
+
+
+def genotype_to_index(codes) -> np.ndarray | int:
+    """Base-5 index of genotypes ``[..., 6]``, edge 0 the most significant digit (so index order = code order)."""
+    codes = _check_genotype(codes)
+    index = codes.astype(np.int64) @ _PLACE_VALUES
+    return int(index) if codes.ndim == 1 else index
+
+
+def index_to_genotype(index) -> np.ndarray:
+    """Inverse of :func:`genotype_to_index`: an int (or int array ``[...]``) -> codes ``[..., 6]`` int32."""
+    index = np.asarray(index, np.int64)
+    if ((index < 0) | (index >= NUM_ARCHITECTURES)).any():
+        raise GenotypeError(f"architecture index must be in [0, {NUM_ARCHITECTURES}), got {index}")
+    return ((index[..., None] // _PLACE_VALUES) % NUM_OPS).astype(np.int32)
+
+
+def all_genotypes() -> np.ndarray:
+    """Every cell ``[15625, 6]`` int32, row ``i`` being ``index_to_genotype(i)``."""
+    return np.array(list(itertools.product(range(NUM_OPS), repeat=NUM_EDGES)), np.int32)
+
+
+def random_genotypes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` cells drawn uniformly, ``[n, 6]`` int32."""
+    return rng.integers(0, NUM_OPS, size=(n, NUM_EDGES), dtype=np.int32)
+
+
+def mutate_choices(rng: np.random.Generator, codes, num_choices) -> np.ndarray:
+    """Changes exactly one decision of each code ``[..., L]`` to a different value, uniformly over both.
+
+    Decisions with a single choice cannot change and are never picked. Returns a new int32 array.
+    """
+    codes = check_choices(codes, num_choices, "search-space")
+    sizes = np.asarray(num_choices)
+    mutable = np.flatnonzero(sizes > 1)
+    if mutable.size == 0:
+        raise ValueError("no decision in this space has more than one choice, so nothing can mutate")
+    flat = codes.reshape(-1, len(sizes)).copy()
+    rows = np.arange(len(flat))
+    position = mutable[rng.integers(0, mutable.size, size=len(flat))]
+    shift = rng.integers(1, sizes[position])  # 1..size-1: never back to the same value
+    flat[rows, position] = (flat[rows, position] + shift) % sizes[position]
+    return flat.reshape(codes.shape)
+
+
+def mutate_population(rng: np.random.Generator, codes) -> np.ndarray:
+    """Regularized-evolution mutation of cells ``[P, 6]``: one edge per member gets a different op."""
+    return mutate_choices(rng, _check_genotype(codes), (NUM_OPS,) * NUM_EDGES)
+
+
+def mutate_genotype(rng: np.random.Generator, code) -> np.ndarray:
+    """One cell ``[6]`` with exactly one edge changed to a different op."""
+    code = _check_genotype(code)
+    if code.ndim != 1:
+        raise GenotypeError(f"expected one genotype of shape [{NUM_EDGES}], got shape {code.shape}; "
+                            "use mutate_population for a population")
+    return mutate_population(rng, code)
+
+
+def is_disconnected(codes) -> bool | np.ndarray:
+    """True where no path of non-``none`` edges leads from node 0 to node 3 (the cell outputs zeros).
+
+    Takes one genotype ``[6]`` (returns a bool) or a population ``[P, 6]`` (returns bool ``[P]``).
+    """
+    codes = _check_genotype(codes)
+    live = codes != OPS.index("none")
+    reached = [np.ones(codes.shape[:-1], bool)]
+    for to_node in range(1, NUM_NODES):
+        reached.append(np.zeros(codes.shape[:-1], bool))
+        for edge, (t, f) in enumerate(EDGES):
+            if t == to_node:
+                reached[to_node] |= reached[f] & live[..., edge]
+    return bool(~reached[-1]) if codes.ndim == 1 else ~reached[-1]
+
+
+def op_frequencies(codes) -> np.ndarray:
+    """Fraction of a population ``[P, 6]`` using each op on each edge: ``[6, 5]`` float32, rows sum to 1."""
+    codes = _check_genotype(codes).reshape(-1, NUM_EDGES)
+    if len(codes) == 0:
+        raise ValueError("op_frequencies needs at least one genotype")
+    return np.eye(NUM_OPS, dtype=np.float32)[codes].mean(axis=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpace:
+    """The NAS-Bench-201 cell behind the same interface as the other spaces (for generic strategies)."""
+
+    @property
+    def num_choices(self) -> tuple[int, ...]:
+        return (NUM_OPS,) * NUM_EDGES
+
+    def random_codes(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return random_genotypes(rng, n)
+
+    def mutate(self, rng: np.random.Generator, codes) -> np.ndarray:
+        return mutate_population(rng, codes)
+
+    def describe(self, code) -> str:
+        return genotype_to_string(code)
+
+
+# ----------------------------------------------------------------------------- dense network
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseSpace:
+    """Depth 1..max_depth, then a width and an activation per layer.
+
+    Code layout ``[depth_index, width_0, activation_0, width_1, activation_1, ...]`` (length
+    ``1 + 2 * max_depth``); depth index ``d`` means ``d + 1`` layers. Choices of layers beyond the
+    depth are kept (inactive genes), so every member has the same shape and mutation may be neutral.
+    """
+
+    max_depth: int = 4
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    activations: tuple[str, ...] = ("relu", "gelu", "tanh", "swish")
+
+    def __post_init__(self):
+        if self.max_depth < 1 or not self.widths or min(self.widths) < 1 or not self.activations:
+            raise ValueError(f"DenseSpace needs max_depth >= 1, positive widths and activations, got {self}")
+
+    @property
+    def num_choices(self) -> tuple[int, ...]:
+        return (self.max_depth,) + (len(self.widths), len(self.activations)) * self.max_depth
+
+    @property
+    def max_width(self) -> int:
+        return max(self.widths)
+
+    def random_codes(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` members drawn uniformly per decision, ``[n, 1 + 2 * max_depth]`` int32."""
+        return rng.integers(0, self.num_choices, size=(n, len(self.num_choices)), dtype=np.int32)
+
+    def mutate(self, rng: np.random.Generator, codes) -> np.ndarray:
+        """Exactly one decision per member (``[L]`` or ``[P, L]``) changed to a different value."""
+        return mutate_choices(rng, codes, self.num_choices)
+
+    def to_masks(self, codes) -> dict[str, np.ndarray]:
+        """Shape-uniform view of a population ``[P, L]`` for a padded ``max_depth x max_width`` network.
+
+        ``layer_active [P, D]`` float32: 1 for layers below the depth. ``unit_active [P, D, W]`` float32:
+        1 for the first ``width`` units of active layers, all 0 on inactive layers. ``activation [P, D]``
+        int32 indexes ``self.activations``; ``depth [P]`` and ``width [P, D]`` int32 are the plain values.
+        """
+        codes = check_choices(np.atleast_2d(codes), self.num_choices, "dense")
+        depth = codes[:, 0] + 1
+        width = np.asarray(self.widths, np.int32)[codes[:, 1::2]]
+        layer_active = (np.arange(self.max_depth) < depth[:, None]).astype(np.float32)
+        units = np.arange(self.max_width) < width[..., None]
+        unit_active = units.astype(np.float32) * layer_active[..., None]
+        return {"layer_active": layer_active, "unit_active": unit_active, "activation": codes[:, 2::2],
+                "depth": depth.astype(np.int32), "width": width}
+
+    def describe(self, code) -> str:
+        """One member in words, e.g. ``depth 2: 64 relu, 32 tanh``."""
+        code = check_choices(code, self.num_choices, "dense").reshape(-1)
+        depth = int(code[0]) + 1
+        layers = [f"{self.widths[code[1 + 2 * i]]} {self.activations[code[2 + 2 * i]]}" for i in range(depth)]
+        return f"depth {depth}: " + ", ".join(layers)
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperparameterSpace:
+    """Learning rate and weight decay as member decisions: code ``[lr_index, wd_index]``.
+
+    A population's per-member values come from :meth:`values`, so a grid over them trains as one
+    vmap-ed call instead of one run per setting.
+    """
+
+    learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+    weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3)
+
+    def __post_init__(self):
+        if not self.learning_rates or not self.weight_decays:
+            raise ValueError(f"HyperparameterSpace needs at least one learning rate and weight decay, got {self}")
+
+    @property
+    def num_choices(self) -> tuple[int, ...]:
+        return (len(self.learning_rates), len(self.weight_decays))
+
+    def grid(self) -> np.ndarray:
+        """Every (lr, wd) index pair ``[G, 2]`` int32, learning rate major."""
+        return np.array(list(itertools.product(*map(range, self.num_choices))), np.int32)
+
+    def random_codes(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.integers(0, self.num_choices, size=(n, 2), dtype=np.int32)
+
+    def mutate(self, rng: np.random.Generator, codes) -> np.ndarray:
+        return mutate_choices(rng, codes, self.num_choices)
+
+    def values(self, codes) -> dict[str, np.ndarray]:
+        """Per-member ``learning_rate`` and ``weight_decay`` float32 ``[P]`` for codes ``[P, 2]``."""
+        codes = check_choices(np.atleast_2d(codes), self.num_choices, "hyperparameter")
+        return {"learning_rate": np.asarray(self.learning_rates, np.float32)[codes[:, 0]],
+                "weight_decay": np.asarray(self.weight_decays, np.float32)[codes[:, 1]]}
+
+    def describe(self, code) -> str:
+        values = self.values(code)
+        return f"lr {values['learning_rate'][0]:g}, wd {values['weight_decay'][0]:g}"
