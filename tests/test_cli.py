@@ -212,15 +212,29 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert commands[0] in open(os.path.join(REPO, ".ci", "run")).read()
 
 
-def test_every_readme_train_command_parses(tmp_path):
+def _readme_launch_commands() -> list[list[str]]:
+    """Every ``python -m launch.X ...`` in the README's code blocks, as argv after ``python -m``
+    (environment prefixes, shell loops and ``&``/``;`` tails cut; ``$i`` is process 0)."""
     joined = "\n".join(_readme_blocks()).replace("\\\n", " ")
-    commands = [line.strip() for line in joined.splitlines() if line.strip().startswith("python -m launch.train")]
-    assert len(commands) >= 3
-    for command in commands:
-        args = command.split()[2:]
-        proc = run_cli(*args, "--dry_run")
-        assert proc.returncode == 0, (command, proc.stderr)
-        assert "dry run OK" in proc.stdout
+    commands = []
+    for line in joined.splitlines():
+        if "python -m launch." not in line:
+            continue
+        command = line[line.index("python -m launch.") :]
+        command = command.split(" & ")[0].split(";")[0].replace("$i", "0")
+        commands.append(command.split()[2:])
+    return commands
+
+
+def test_every_readme_launch_command_parses(tmp_path):
+    commands = _readme_launch_commands()
+    assert sum(c[0] == "launch.train" for c in commands) >= 6
+    for args in commands:
+        probe = "--dry_run" if args[0] == "launch.train" else "--help"
+        proc = run_cli(*args, probe)
+        assert proc.returncode == 0, (args, proc.stderr)
+        if probe == "--dry_run":
+            assert "dry run OK" in proc.stdout
 
 
 def test_summary_prints_parameters_per_module_and_xla_flops_without_training(tmp_path):
