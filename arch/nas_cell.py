@@ -2,13 +2,14 @@
 population of *different* cells as one array program.
 
 Network: a 3x3 stem conv (``in_channels`` -> C), one cell of 4 nodes / 6 edges at C channels,
-global average pooling and a linear classifier. Ops on an edge (NAS-Bench-201 names): ``none``
+average pooling to a 4x4 grid and a linear classifier (a single global average learnt far too
+slowly for a 50-step search budget). Ops on an edge (NAS-Bench-201 names): ``none``
 (zero), ``skip_connect`` (identity), ``nor_conv_1x1`` / ``nor_conv_3x3`` (ReLU then conv; no
 BatchNorm, so a population needs no per-member batch statistics), ``avg_pool_3x3`` (stride 1,
 same padding, padding not counted). Node j is the sum of its incoming edges; node 3 is the output.
 
 Params of one member: ``stem [9*in, C]``, ``stem_bias [C]``, ``conv3 [6, 9C, C]`` (3x3 kernels as
-im2col matrices, rows ordered (dy, dx, channel)), ``conv1 [6, C, C]``, ``head [C, classes]``,
+im2col matrices, rows ordered (dy, dx, channel)), ``conv1 [6, C, C]``, ``head [16C, classes]``,
 ``head_bias [classes]``. An edge whose op is not a conv leaves its kernel unused (zero gradient).
 
 ``member_logits`` (``lax.conv``, only the chosen ops; the genotype is static) is what a user would
@@ -16,18 +17,20 @@ write for one architecture; ``population_logits`` computes every member at once 
 matmuls over members: im2col patches built from slices of the padded input (not
 ``conv_general_dilated_patches``, ~40x slower here), and 3x3 convs computed only for the members
 that chose them on each edge (a static ``capacity`` of gathered members), so the population does
-not pay for all five ops on every edge.
+not pay for all five ops on every edge. :class:`NASCellNet` wraps ``member_logits`` as a Linen module
+(same param names and shapes), so a found cell trains fully through ``--model=nas_cell``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch.search_space import EDGES, NUM_EDGES
+from arch.search_space import EDGES, NUM_EDGES, genotype_from_string
 
 NONE, SKIP, CONV1, CONV3, POOL = range(5)
 TAPS = tuple((dy, dx) for dy in range(3) for dx in range(3))
@@ -49,7 +52,7 @@ def init_member(rng: jax.Array, net: CellNet) -> dict:
         "stem_bias": jnp.zeros((c,), jnp.float32),
         "conv3": he(k[1], (NUM_EDGES, 9 * c, c), 9 * c),
         "conv1": he(k[2], (NUM_EDGES, c, c), c),
-        "head": he(k[3], (c, net.num_classes), c) * 0.5,
+        "head": he(k[3], (HEAD_GRID * HEAD_GRID * c, net.num_classes), HEAD_GRID * HEAD_GRID * c) * 0.5,
         "head_bias": jnp.zeros((net.num_classes,), jnp.float32),
     }
 
@@ -85,9 +88,19 @@ def patches_3x3(x: jax.Array) -> jax.Array:
     return jnp.concatenate([padded[..., dy : dy + h, dx : dx + w, :] for dy, dx in TAPS], axis=-1)
 
 
+HEAD_GRID = 4  # the head sees the output node average-pooled to a 4x4 grid, not one global average
+
+
+def _grid_pool(node3: jax.Array) -> jax.Array:
+    """[..., H, W, C] -> [..., 16*C]: means over a 4x4 grid of blocks (H, W divisible by 4)."""
+    *lead, h, w, c = node3.shape
+    g = HEAD_GRID
+    blocks = node3.reshape(*lead, g, h // g, g, w // g, c).mean(axis=(-4, -2))
+    return blocks.reshape(*lead, g * g * c)
+
+
 def _head(params, node3):
-    pooled = node3.mean(axis=(-3, -2))
-    return pooled @ params["head"] + params["head_bias"]
+    return _grid_pool(node3) @ params["head"] + params["head_bias"]
 
 
 # ------------------------------------------------------------------------------- one member
@@ -168,5 +181,35 @@ def population_logits(params: dict, codes: jax.Array, dispatch: tuple[jax.Array,
             out = jnp.einsum("qbhwk,qkd->qbhwd", patches_3x3(chosen), params["conv3"][index[e], e])
             total = total.at[index[e]].add(out * valid[e][:, None, None, None, None])
         nodes.append(total)
-    pooled = nodes[3].mean(axis=(-3, -2))  # [P, B, C]
+    pooled = _grid_pool(nodes[3])  # [P, B, 16C]
     return jnp.einsum("pbc,pck->pbk", pooled, params["head"]) + params["head_bias"][:, None, :]
+
+
+# ------------------------------------------------------------------------------- as a Linen model
+
+PARAM_NAMES = ("stem", "stem_bias", "conv3", "conv1", "head", "head_bias")
+
+
+class NASCellNet(nn.Module):
+    """One NAS-Bench-201 cell network (``genotype`` as its string) for the normal training path.
+
+    Its params are named and shaped exactly as :func:`init_member`'s and its output is
+    :func:`member_logits`, so a cell found by the population search loads into it unchanged:
+    ``NASCellNet(g).apply({"params": member_params}, images)``. Images must have H and W divisible
+    by 4 (the head's grid). No dropout or BatchNorm, so ``deterministic`` changes nothing.
+    """
+
+    genotype: str
+    channels: int = 16
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        del deterministic
+        height, width = x.shape[-3:-1]
+        if height % HEAD_GRID or width % HEAD_GRID:
+            raise ValueError(f"NASCellNet needs image height and width divisible by {HEAD_GRID}, got {height}x{width}")
+        codes = tuple(int(op) for op in genotype_from_string(self.genotype))
+        net = CellNet(channels=self.channels, in_channels=x.shape[-1], num_classes=self.num_classes)
+        params = {name: self.param(name, lambda key, name=name: init_member(key, net)[name]) for name in PARAM_NAMES}
+        return member_logits(params, codes, x.astype(jnp.float32))

@@ -77,13 +77,13 @@ def _train_program(params, codes, dispatch, rng, data: PopulationData, learning_
 
     def population_loss(p, images, labels):
         losses = _cross_entropy(population_logits(p, codes, dispatch, images), labels)  # [P]
-        return losses.sum(), losses
+        return losses.sum(), losses  # no shared params: d(sum)/d(member m) = d(loss m)
 
     def step(carry, index):
         p, opt = carry
         rows = _batch_index(rng, index, data.train_images.shape[0], batch_size)
         (_, losses), grads = jax.value_and_grad(population_loss, has_aux=True)(p, data.train_images[rows], data.train_labels[rows])
-        updates, opt = tx.update(grads, opt)
+        updates, opt = tx.update(grads, opt)  # elementwise over stacked params: per member
         return (_apply(p, updates, learning_rate, weight_decay), opt), losses
 
     (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(steps))
@@ -93,12 +93,13 @@ def _train_program(params, codes, dispatch, rng, data: PopulationData, learning_
 
 
 def train_population(codes, rng: jax.Array, data: PopulationData, steps: int, *, net: CellNet = CellNet(), batch_size: int = 32,
-                     learning_rate=3e-3, weight_decay=0.0, params: dict | None = None, capacity: int | None = None) -> dict:
+                     learning_rate=1e-2, weight_decay=0.0, params: dict | None = None, capacity: int | None = None) -> dict:
     """Trains P members (``codes`` [P, 6]) for ``steps`` steps in one jit; returns
     ``{"losses": [steps, P], "val_accuracy": [P], "params": ...}``.
 
     ``learning_rate`` / ``weight_decay``: scalars or [P] arrays (a hyperparameter grid is one
-    call). ``params`` defaults to ``init_population(rng, P, net)``.
+    call). ``params`` defaults to ``init_population(rng, P, net)``. ``capacity``: members per edge
+    that get a 3x3 conv (see ``arch.nas_cell.conv3_dispatch``).
     """
     codes = np.asarray(codes, np.int32)
     index, valid, _ = conv3_dispatch(codes, capacity)
@@ -112,7 +113,7 @@ def train_population(codes, rng: jax.Array, data: PopulationData, steps: int, *,
     return {"losses": losses, "val_accuracy": accuracy, "params": params}
 
 
-def make_member_step(genotype, *, batch_size: int = 32, learning_rate: float = 3e-3, weight_decay: float = 0.0):
+def make_member_step(genotype, *, batch_size: int = 32, learning_rate: float = 1e-2, weight_decay: float = 0.0):
     """A jitted train step for one architecture (only its chosen ops), as a user would write it."""
     genotype = tuple(int(g) for g in genotype)
     tx = _optimizer()
@@ -132,7 +133,7 @@ def make_member_step(genotype, *, batch_size: int = 32, learning_rate: float = 3
 
 
 def train_member(genotype, params: dict, rng: jax.Array, data: PopulationData, steps: int, *, batch_size: int = 32,
-                 learning_rate: float = 3e-3, weight_decay: float = 0.0) -> dict:
+                 learning_rate: float = 1e-2, weight_decay: float = 0.0) -> dict:
     """One architecture trained alone with the same batches and optimizer as in the population
     (``rng`` as given to ``train_population``; ``params`` = that member's slice)."""
     step, tx = make_member_step(genotype, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay)

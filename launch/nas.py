@@ -1,0 +1,61 @@
+"""python -m launch.nas --strategy=evolution|reinforce|random|grid|all [--workdir=DIR] [--config.search.budget=N ...]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from launch.cli import OneLineParser, describe_config, fail, quiet_logs, split_config_overrides
+
+STRATEGY_CHOICES = ("evolution", "reinforce", "random", "grid", "all")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    flags, overrides = split_config_overrides(argv)
+    from train.nas.runner import COMPARED, SearchError, apply_nas_overrides, comparison_table, nas_config, run_strategies
+
+    parser = OneLineParser(
+        prog="python -m launch.nas",
+        description="Search NAS-Bench-201 cells: each strategy scores whole batches of architectures (a vmap-ed population "
+                    "trained in one jit, synflow, or a table lookup). The same workdir again resumes.",
+        epilog="config overrides (name=default):\n" + "\n".join(describe_config(nas_config())),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--strategy", required=True, choices=STRATEGY_CHOICES,
+                        help=f"search strategy; all = {', '.join(COMPARED)} over search.seeds seeds, compared")
+    parser.add_argument("--workdir", default=None, help="run directory (default runs/nas_<strategy>); the same one again resumes")
+    args = parser.parse_args(flags)
+    try:
+        config = apply_nas_overrides(nas_config(), overrides)
+    except SearchError as e:
+        fail(str(e))
+    workdir = args.workdir or f"runs/nas_{args.strategy}"
+    strategies = list(COMPARED) if args.strategy == "all" else [args.strategy]
+
+    quiet_logs()
+    from train.loop import WorkdirError, check_workdir
+
+    try:
+        workdir = check_workdir(workdir)
+        summary = run_strategies(config, strategies, workdir)
+    except (SearchError, WorkdirError) as e:
+        fail(str(e))
+    if summary["complete"]:
+        best = summary["best"]
+        print(f"best: {best['genotype']} ({best['unit']} {best['score']:.2f}, {best['strategy']} seed {best['seed']})")
+        print("\n".join(comparison_table(summary["comparison"], None if config.scorer.kind != "table" else _optimum(workdir))))
+        print(f"train it fully: python -m launch.train --model=nas_cell --config.model.genotype='{best['genotype']}'")
+    return 0
+
+
+def _optimum(workdir: str):
+    import json
+    import os
+
+    with open(os.path.join(workdir, "comparison.json")) as f:
+        return json.load(f)["optimum"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

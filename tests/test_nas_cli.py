@@ -1,0 +1,96 @@
+"""launch.nas: resumable searches in a workdir, outputs, and one-line errors for bad input."""
+
+import json
+import os
+import subprocess
+
+import pytest
+from conftest import REPO, cli_env
+
+from train.nas.benchmark_table import generate_table
+from train.nas.runner import apply_nas_overrides, nas_config, run_strategies
+
+QUIET = dict(echo=lambda *a, **k: None)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("table") / "nb201.csv")
+    generate_table(path, 0)
+    return path
+
+
+def _config(table, **overrides):
+    values = {"scorer.kind": "table", "scorer.table": table, "search.budget": "40", "search.seeds": "1", **overrides}
+    return apply_nas_overrides(nas_config(), values)
+
+
+def _rows(path):
+    return [(r["genotype"], r["score"]) for r in map(json.loads, open(path))]
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "reinforce"])
+def test_killed_search_resumes_to_the_same_history(tmp_path, table, strategy):
+    config = _config(table, **{"search.children_per_cycle": "4", "search.controller_batch": "5"})
+    straight = run_strategies(config, [strategy], str(tmp_path / "straight"), **QUIET)
+    stopped = run_strategies(config, [strategy], str(tmp_path / "resumed"), max_cycles=3, **QUIET)
+    assert stopped == {"complete": False}
+    partial = _rows(tmp_path / "resumed" / strategy / "seed_0" / "history.jsonl")
+    assert 0 < len(partial) < 40
+    resumed = run_strategies(config, [strategy], str(tmp_path / "resumed"), **QUIET)
+    a = _rows(tmp_path / "straight" / strategy / "seed_0" / "history.jsonl")
+    b = _rows(tmp_path / "resumed" / strategy / "seed_0" / "history.jsonl")
+    assert len(a) == 40 and a == b and b[: len(partial)] == partial
+    assert straight["best"] == resumed["best"]
+
+
+def test_all_strategies_write_comparison_best_and_plots(tmp_path, table):
+    config = _config(table, **{"search.budget": "60", "search.seeds": "2"})
+    summary = run_strategies(config, ["evolution", "reinforce", "random"], str(tmp_path), **QUIET)
+    comparison = json.load(open(tmp_path / "comparison.json"))
+    assert set(comparison["strategies"]) == {"evolution", "reinforce", "random"} and comparison["optimum"] > 0
+    assert all(row["runs"] == 2 and row["regret_mean"] >= 0 for row in comparison["strategies"].values())
+    best = json.load(open(tmp_path / "best.json"))
+    assert all(best["score"] >= row["best_mean"] for row in comparison["strategies"].values())
+    assert sorted(os.listdir(tmp_path / "plots")) == ["best_so_far.png"] + [f"op_frequencies_{s}.png" for s in ("evolution", "random", "reinforce")]
+    assert summary["complete"]
+
+
+def _nas(*args, cwd=REPO):
+    return subprocess.run(["python", "-m", "launch.nas", *args], capture_output=True, text=True, env=cli_env(), cwd=cwd, timeout=600)
+
+
+def test_training_scorer_end_to_end_through_the_cli(tmp_path):
+    proc = _nas("--strategy=random", f"--workdir={tmp_path}", "--config.search.budget=4", "--config.search.steps_per_member=3",
+                "--config.scorer.chunk=4", "--config.scorer.channels=4", "--config.scorer.image_size=8", "--config.search.seeds=1")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in open(tmp_path / "random" / "seed_0" / "history.jsonl")]
+    assert len(rows) == 4 and all(0 <= r["score"] <= 100 and r["strategy"] == "random" for r in rows)
+    best = json.load(open(tmp_path / "best.json"))
+    assert best["score"] == max(r["score"] for r in rows) and "--model=nas_cell" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--strategy=annealing"], "invalid choice: 'annealing'"),
+    (["--strategy=random", "--config.search.budget=0"], "search.budget must be > 0"),
+    (["--strategy=evolution", "--config.search.population=-2"], "search.population must be > 0"),
+    (["--strategy=random", "--config.scorer.kind=table"], "needs --config.scorer.table=PATH"),
+    (["--strategy=random", "--config.scorer.kind=table", "--config.scorer.table=/nonexistent/nb201.csv"], "/nonexistent/nb201.csv"),
+    (["--strategy=random", "--config.scorer.chunk=100000000"], "lower scorer.chunk"),
+    (["--strategy=random", "--config.search.bogus=1"], "unknown config key config.search.bogus"),
+])
+def test_bad_input_is_one_line_and_keeps_the_workdir(tmp_path, args, message):
+    (tmp_path / "best.json").write_text('{"kept": true}')
+    proc = _nas(*args, f"--workdir={tmp_path}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert json.load(open(tmp_path / "best.json")) == {"kept": True}
+
+
+def test_malformed_table_is_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arch,accuracy\n|conv9x9~0|+|none~0|none~1|+|none~0|none~1|none~2|,50\n")
+    proc = _nas("--strategy=random", f"--workdir={tmp_path / 'w'}", "--config.scorer.kind=table", f"--config.scorer.table={bad}")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "conv9x9" in proc.stderr and "nor_conv_3x3" in proc.stderr

@@ -1,0 +1,303 @@
+"""A NAS run in a workdir: config, scorer, resumable search per (strategy, seed), outputs.
+
+``run_strategies(config, strategies, workdir)`` runs each strategy for ``search.seeds`` seeds.
+Each run lives in ``WORKDIR/<strategy>/seed_<n>/`` with its search state saved by orbax after
+every cycle (so the same command resumes exactly) and ``history.jsonl`` (genotype, score, cost,
+strategy, seed per evaluation). The workdir gets ``best.json``, ``comparison.json`` and plots:
+best-so-far against evaluations per strategy, and per-edge op frequencies of the final
+population. The scorer trains a vmap-ed population (``train``), computes synflow (``synflow``)
+or looks genotypes up in a NAS-Bench-201-style table (``table``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from arch.search_space import NUM_EDGES, NUM_OPS, OPS, genotype_to_string, op_frequencies
+from train.nas.search import STRATEGIES, init_search, run_search, summarize_best
+from train.nas.search_config import SearchConfig, search_config
+
+CELL_CHOICES = (NUM_OPS,) * NUM_EDGES
+SCORERS = ("train", "synflow", "table")
+COMPARED = ("evolution", "reinforce", "random")  # --strategy=all
+
+
+class SearchError(ValueError):
+    """Bad NAS input: config values, a missing or malformed table, a chunk that does not fit."""
+
+
+def nas_config() -> ml_collections.ConfigDict:
+    """The complete default config of ``python -m launch.nas`` (overridable as ``--config.X.Y=V``)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.search = ml_collections.ConfigDict({f.name: f.default for f in SearchConfig.__dataclass_fields__.values()})
+    c.search.budget = 64
+    c.search.population = 16
+    c.scorer = ml_collections.ConfigDict()
+    c.scorer.kind = "train"  # train | synflow | table
+    c.scorer.table = ""  # scorer.kind=table: a CSV/JSON of NAS-Bench-201 arch strings -> accuracy
+    c.scorer.image_size = 16  # digits resized (train / synflow)
+    c.scorer.channels = 16
+    c.scorer.batch_size = 32
+    c.scorer.learning_rate = 1e-2
+    c.scorer.chunk = 16  # members trained together: every call is padded to a multiple (one compiled shape)
+    return c
+
+
+def apply_nas_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+    from train.config import ConfigError, _convert
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key, raw in overrides.items():
+        section, _, field = key.rpartition(".")
+        node = config[section] if section in config else None
+        if node is None or not isinstance(node, ml_collections.ConfigDict) or field not in node:
+            valid = [f"{s}.{k}" for s in ("search", "scorer") for k in sorted(config[s].keys())] + ["seed"]
+            if key != "seed":
+                raise SearchError(f"unknown config key config.{key}; valid: {', '.join(valid)}")
+            config.seed = int(raw)
+            continue
+        try:
+            node[field] = _convert(key, raw, node[field])
+        except ConfigError as e:
+            raise SearchError(str(e)) from None
+    validate_nas_config(config)
+    return config
+
+
+def validate_nas_config(config) -> None:
+    try:
+        search_config(config)
+    except ValueError as e:
+        raise SearchError(str(e)) from None
+    s = config.scorer
+    if s.kind not in SCORERS:
+        raise SearchError(f"scorer.kind must be one of {', '.join(SCORERS)} (got {s.kind!r})")
+    if s.kind == "table" and not s.table:
+        raise SearchError("scorer.kind=table needs --config.scorer.table=PATH (a CSV/JSON of NAS-Bench-201 arch strings -> accuracy)")
+    for name in ("image_size", "channels", "batch_size", "chunk"):
+        if s[name] < 1:
+            raise SearchError(f"scorer.{name} must be >= 1 (got {s[name]})")
+    if s.image_size % 4:
+        raise SearchError(f"scorer.image_size must be divisible by 4 (the head's 4x4 grid); got {s.image_size}")
+    if s.learning_rate <= 0:
+        raise SearchError(f"scorer.learning_rate must be > 0 (got {s.learning_rate})")
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def check_chunk_fits(scorer) -> None:
+    """Refuses a population chunk whose training program would not fit in memory (rough upper bound:
+    ~60 activation-sized buffers per member, im2col patches and gradients included)."""
+    per_member = scorer.batch_size * scorer.image_size**2 * scorer.channels * 4 * 60
+    needed, have = scorer.chunk * per_member, _memory_bytes()
+    if needed > 0.5 * have:
+        raise SearchError(
+            f"scorer.chunk={scorer.chunk} needs about {needed / 2**30:.1f} GiB for one population step but this machine has "
+            f"{have / 2**30:.1f} GiB; lower scorer.chunk (or scorer.batch_size)"
+        )
+
+
+class Scorer:
+    """``score_fn(codes, rng_seed) -> [P]`` plus what reports need (optimum when known)."""
+
+    def __init__(self, config):
+        s, self.kind, self.optimum = config.scorer, config.scorer.kind, None
+        if self.kind == "table":
+            from train.nas.benchmark_table import TableError, load_table
+
+            try:
+                self.table = load_table(s.table)
+            except TableError as e:
+                raise SearchError(str(e)) from None
+            self.optimum = float(self.table.optimum)
+            self.score_fn, self.unit = self.table.score_fn, "table accuracy"
+            return
+        check_chunk_fits(s)
+        from arch.nas_cell import CellNet
+        from train.nas.population import digits_data
+
+        self.net = CellNet(channels=s.channels)
+        self.data = digits_data(s.image_size)
+        self.steps, self.chunk, self.batch, self.lr = config.search.steps_per_member, s.chunk, s.batch_size, s.learning_rate
+        self.score_fn = self._train if self.kind == "train" else self._synflow
+        self.unit = f"val accuracy after {self.steps} steps" if self.kind == "train" else "synflow (log)"
+
+    def _chunks(self, codes):
+        """Codes padded to whole chunks (repeats of the first row), so every call has one shape."""
+        pad = -len(codes) % self.chunk
+        padded = np.concatenate([codes, np.repeat(codes[:1], pad, axis=0)]) if pad else codes
+        return [padded[i : i + self.chunk] for i in range(0, len(padded), self.chunk)]
+
+    def _train(self, codes, rng_seed: int) -> np.ndarray:
+        from train.nas.population import train_population
+
+        out = []
+        for i, chunk in enumerate(self._chunks(np.asarray(codes))):
+            result = train_population(chunk, jax.random.fold_in(jax.random.PRNGKey(rng_seed), i), self.data, self.steps, net=self.net,
+                                      batch_size=self.batch, learning_rate=self.lr, capacity=self.chunk)
+            out.append(np.asarray(result["val_accuracy"]) * 100.0)
+        return np.concatenate(out)[: len(codes)]
+
+    def _synflow(self, codes, rng_seed: int) -> np.ndarray:
+        from train.nas.synflow import synflow_scores
+
+        return np.concatenate([synflow_scores(c, jax.random.PRNGKey(rng_seed), net=self.net) for c in self._chunks(np.asarray(codes))])[: len(codes)]
+
+
+# --------------------------------------------------------------------------------------- runs
+
+
+def _checkpointer(directory: str) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False))
+
+
+def _history_rows(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _write_rows(path: str, rows: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, max_cycles: int | None = None, echo=print):
+    """One strategy, one seed, resumable: returns its trimmed History."""
+    run_dir = os.path.join(workdir, strategy, f"seed_{seed}")
+    os.makedirs(run_dir, exist_ok=True)
+    history_path = os.path.join(run_dir, "history.jsonl")
+    budget = config.search.budget
+    manager = _checkpointer(os.path.join(run_dir, "checkpoints"))
+    state = None
+    try:
+        if manager.latest_step() is not None:
+            target = init_search(strategy, CELL_CHOICES, budget, config, seed)
+            state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
+            state = jax.tree.map(np.asarray, state)
+            echo(f"{strategy} seed {seed}: resuming after {int(state.history.count)} evaluations")
+        rows = _history_rows(history_path)[: 0 if state is None else int(state.history.count)]
+        _write_rows(history_path, rows)  # drop rows of a cycle whose checkpoint was never written
+        cycle_start = [time.time()]
+
+        def hook(new_state, codes, scores):
+            cost = (time.time() - cycle_start[0]) / max(len(scores), 1)
+            rows.extend({"genotype": genotype_to_string(c), "score": float(s), "cost_s": round(cost, 4), "strategy": strategy, "seed": seed}
+                        for c, s in zip(codes, scores))
+            _write_rows(history_path, rows)
+            manager.save(len(rows), args=ocp.args.StandardSave(new_state), force=True)
+            cycle_start[0] = time.time()
+
+        state, history = run_search(strategy, scorer.score_fn, CELL_CHOICES, budget, config, seed, state=state, hook=hook,
+                                    max_cycles=max_cycles)
+    finally:
+        manager.close()
+    return state, history
+
+
+def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: int | None = None, echo=print) -> dict:
+    """Every strategy x seed (resuming any that stopped), then best.json, comparison.json and plots."""
+    os.makedirs(workdir, exist_ok=True)
+    scorer = Scorer(config)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config.to_dict(), f, indent=2)
+    results, best_overall = {}, None
+    for strategy in strategies:
+        for seed in range(config.seed, config.seed + config.search.seeds):
+            started = time.time()
+            state, history = run_one(strategy, seed, config, scorer, workdir, max_cycles=max_cycles, echo=echo)
+            codes, scores = history.filled
+            if len(scores) < min(config.search.budget, 5**6 if strategy == "grid" else config.search.budget):
+                echo(f"{strategy} seed {seed}: stopped after {len(scores)} evaluations (max_cycles); run again to resume")
+                continue
+            top = int(np.nanargmax(scores))
+            results.setdefault(strategy, []).append(dict(seed=seed, best=float(scores[top]), codes=codes, scores=scores, state=state))
+            echo(f"{strategy} seed {seed}: best {scores[top]:.2f} ({scorer.unit}) {genotype_to_string(codes[top])}, "
+                 f"{len(scores)} evaluated in {time.time() - started:.1f}s")
+            if best_overall is None or scores[top] > best_overall["score"]:
+                best_overall = {"genotype": genotype_to_string(codes[top]), "score": float(scores[top]), "strategy": strategy, "seed": seed,
+                                "scorer": scorer.kind, "unit": scorer.unit}
+    if best_overall is None:
+        return {"complete": False}
+    with open(os.path.join(workdir, "best.json"), "w") as f:
+        json.dump(best_overall, f, indent=2)
+    comparison = summarize_best({k: [r["best"] for r in v] for k, v in results.items()}, scorer.optimum)
+    with open(os.path.join(workdir, "comparison.json"), "w") as f:
+        json.dump({"scorer": scorer.kind, "optimum": scorer.optimum, "budget": config.search.budget, "strategies": comparison}, f, indent=2)
+    plots = plot_search(results, os.path.join(workdir, "plots"), scorer.unit)
+    return {"complete": True, "best": best_overall, "comparison": comparison, "plots": plots}
+
+
+def comparison_table(comparison: dict, optimum: float | None) -> list[str]:
+    lines = ["| strategy | runs | best found (mean +- std) |" + (" regret (mean +- std) |" if optimum is not None else ""),
+             "|---|---|---|" + ("---|" if optimum is not None else "")]
+    for name, row in comparison.items():
+        line = f"| {name} | {row['runs']} | {row['best_mean']:.2f} +- {row['best_std']:.2f} |"
+        if optimum is not None:
+            line += f" {row['regret_mean']:.2f} +- {row['regret_std']:.2f} |"
+        lines.append(line)
+    return lines
+
+
+def plot_search(results: dict, out_dir: str, unit: str) -> list[str]:
+    """best-so-far vs evaluations (mean over seeds per strategy) and the final population's per-edge op frequencies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from train.nas.history import best_so_far
+
+    os.makedirs(out_dir, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for strategy, runs in results.items():
+        curves = [best_so_far(r["scores"]) for r in runs]
+        n = min(len(c) for c in curves)
+        mean = np.mean([c[:n] for c in curves], axis=0)
+        ax.plot(np.arange(1, n + 1), mean, label=f"{strategy} ({len(curves)} seeds)")
+    ax.set_xlabel("architectures evaluated")
+    ax.set_ylabel(f"best so far: {unit}")
+    ax.legend()
+    fig.tight_layout()
+    curve_path = os.path.join(out_dir, "best_so_far.png")
+    fig.savefig(curve_path, dpi=100)
+    plt.close(fig)
+
+    paths = [curve_path]
+    for strategy, runs in results.items():
+        final = np.concatenate([_final_population(r) for r in runs])
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        image = ax.imshow(op_frequencies(final), vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(NUM_OPS), OPS, rotation=30, ha="right")
+        ax.set_yticks(range(NUM_EDGES), [f"edge {e + 1}" for e in range(NUM_EDGES)])
+        ax.set_title(f"{strategy}: op frequency per edge, final population")
+        fig.colorbar(image)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"op_frequencies_{strategy}.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _final_population(run: dict) -> np.ndarray:
+    state = run["state"]
+    if hasattr(state, "born"):  # evolution: the living population
+        return np.asarray(state.codes)
+    return run["codes"][-min(len(run["codes"]), 20):]  # others: the last evaluations
