@@ -203,6 +203,13 @@ def _dehaze_module(model_config, decode: bool = False) -> nn.Module:
                      dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
 
 
+def _nas_cell_module(model_config, decode: bool = False) -> nn.Module:
+    from arch.nas_cell import NASCellNet
+
+    c = model_config
+    return NASCellNet(genotype=c.genotype, channels=c.channels, num_classes=c.num_classes)
+
+
 def _image_input(config) -> np.ndarray:
     size = config.data.image_size or 8
     return np.zeros((1, size, size, 1), np.float32)
@@ -237,6 +244,12 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "nerf": ModelSpec("nerf", _nerf_module, _nerf_defaults, "nerf", _nerf_input),
     "inception": ModelSpec("inception", _inception_module, _inception_defaults, "classification", _image_input),
+    "nas_cell": ModelSpec(  # one NAS-Bench-201 cell (e.g. found by launch.nas) trained fully; default: a strong 3x3-conv cell
+        "nas_cell", _nas_cell_module,
+        lambda: dict(genotype="|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+                     channels=16, num_classes=10),
+        "classification", _image_input,
+    ),
     "dehaze": ModelSpec(
         "dehaze", _dehaze_module, lambda: dict(width=32, dilations=(1, 2, 4), airlight_hidden=32, t_min=0.05, **_PRECISION),
         "restoration", _image_input,

@@ -142,6 +142,11 @@ _FAMILY_DEFAULTS: dict[str, dict[str, dict]] = {
         "train": dict(steps=1000, batch_size=32, learning_rate=2e-3, warmup_steps=50, weight_decay=0.0, log_every=50, eval_every=250),
         "checkpoint": dict(every=500, keep=2),
     },
+    "nas_cell": {
+        "data": dict(val_fraction=0.2, image_size=16),
+        "train": dict(steps=1000, batch_size=64, learning_rate=1e-2, warmup_steps=50, weight_decay=0.0, log_every=50, eval_every=250),
+        "checkpoint": dict(every=500, keep=2),
+    },
     "cnn": {
         "data": dict(val_fraction=0.2, image_size=16),
         "train": dict(steps=1500, batch_size=64, learning_rate=1e-3, warmup_steps=50, weight_decay=1e-4, log_every=50, eval_every=250),
@@ -297,6 +302,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if "t_min" in config.model:
         checks.append((0.0 < config.model.t_min < 1.0, "model.t_min must be in (0, 1)"))
         checks.append((len(config.model.dilations) >= 1 and min(config.model.dilations, default=0) >= 1, "model.dilations must be dilations >= 1"))
+    if "genotype" in config.model:  # nas_cell
+        from arch.search_space import GenotypeError, genotype_from_string
+
+        try:
+            genotype_from_string(config.model.genotype)
+        except GenotypeError as e:
+            raise ConfigError(f"bad model.genotype: {e}") from None
+        checks.append((config.model.channels >= 1, "model.channels must be >= 1"))
+        checks.append((config.data.image_size % 4 == 0, f"data.image_size must be divisible by 4 for this model, whose head pools to a 4x4 grid (got {config.data.image_size})"))
     if "num_classes" in config.model:
         checks.append((config.model.num_classes >= 2, "model.num_classes must be >= 2"))
     if "positional" in config.model:
