@@ -13,6 +13,7 @@ from bench import BenchmarkError
 
 SUITES: dict[str, str] = {
     "parallel": "bench.parallel",
+    "nas": "bench.nas",
 }
 ALL = "all"
 

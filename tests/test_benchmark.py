@@ -130,3 +130,23 @@ def test_markdown_has_a_table_per_section(tiny_results):
     assert "| 1 device (data:1) |" in text and "| 2 devices (data:2) |" in text
     header_rows = [line for line in text.splitlines() if line.startswith("|---")]
     assert len(header_rows) == 2
+
+
+def test_nas_suite_on_a_tiny_config():
+    from bench.nas import markdown_table, measure, random_distinct_codes
+    from bench.suites import select_suites
+
+    assert select_suites("nas") == ["nas"]
+    codes = random_distinct_codes(16)
+    assert codes.shape == (16, 6) and len({tuple(c) for c in codes.tolist()}) == 16
+    result = measure(population=2, steps=2, batch_size=8, image_size=8, channels=4, repeats=1)
+    for key in ("vmap_member_steps_per_s", "loop_member_steps_per_s", "vmap_over_loop", "end_to_end_speedup",
+                "vmap_end_to_end_s", "loop_end_to_end_s", "vmap_steady_s", "loop_steady_s"):
+        assert result[key] > 0, key
+    assert result["vmap_compile_s"] >= 0 and result["loop_compile_s"] >= 0
+    assert result["vmap_over_loop"] == pytest.approx(result["vmap_member_steps_per_s"] / result["loop_member_steps_per_s"])
+    assert (result["population"], result["steps"], result["batch"], result["image_size"], result["channels"]) == (2, 2, 8, 8, 4)
+    assert result["max_val_accuracy_gap"] < 0.05  # both sides train the same cells from the same params
+    json.dumps(result)
+    rows = markdown_table(result)
+    assert len(rows) == 4 and rows[1].startswith("|---") and "vmap" in rows[3]

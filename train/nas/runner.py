@@ -40,6 +40,7 @@ def nas_config() -> ml_collections.ConfigDict:
     c.search = ml_collections.ConfigDict({f.name: f.default for f in SearchConfig.__dataclass_fields__.values()})
     c.search.budget = 64
     c.search.population = 16
+    c.search.children_per_cycle = 8  # = scorer.chunk: each evolution cycle is one population program, no padding
     c.scorer = ml_collections.ConfigDict()
     c.scorer.kind = "train"  # train | synflow | table
     c.scorer.table = ""  # scorer.kind=table: a CSV/JSON of NAS-Bench-201 arch strings -> accuracy
@@ -47,7 +48,7 @@ def nas_config() -> ml_collections.ConfigDict:
     c.scorer.channels = 16
     c.scorer.batch_size = 32
     c.scorer.learning_rate = 1e-2
-    c.scorer.chunk = 16  # members trained together: every call is padded to a multiple (one compiled shape)
+    c.scorer.chunk = 8  # members trained together: every call is padded to a multiple (one compiled shape)
     return c
 
 
@@ -133,7 +134,7 @@ class Scorer:
         self.data = digits_data(s.image_size)
         self.steps, self.chunk, self.batch, self.lr = config.search.steps_per_member, s.chunk, s.batch_size, s.learning_rate
         self.score_fn = self._train if self.kind == "train" else self._synflow
-        self.unit = f"val accuracy after {self.steps} steps" if self.kind == "train" else "synflow (log)"
+        self.unit = f"val accuracy after {self.steps} steps" if self.kind == "train" else "synflow score"
 
     def _chunks(self, codes):
         """Codes padded to whole chunks (repeats of the first row), so every call has one shape."""
@@ -147,14 +148,14 @@ class Scorer:
         out = []
         for i, chunk in enumerate(self._chunks(np.asarray(codes))):
             result = train_population(chunk, jax.random.fold_in(jax.random.PRNGKey(rng_seed), i), self.data, self.steps, net=self.net,
-                                      batch_size=self.batch, learning_rate=self.lr, capacity=self.chunk)
+                                      batch_size=self.batch, learning_rate=self.lr)
             out.append(np.asarray(result["val_accuracy"]) * 100.0)
         return np.concatenate(out)[: len(codes)]
 
     def _synflow(self, codes, rng_seed: int) -> np.ndarray:
         from train.nas.synflow import synflow_scores
 
-        return np.concatenate([synflow_scores(c, jax.random.PRNGKey(rng_seed), net=self.net) for c in self._chunks(np.asarray(codes))])[: len(codes)]
+        return np.concatenate([synflow_scores(c, jax.random.PRNGKey(rng_seed), net=self.net, image_size=self.data.train_images.shape[1]) for c in self._chunks(np.asarray(codes))])[: len(codes)]
 
 
 # --------------------------------------------------------------------------------------- runs
