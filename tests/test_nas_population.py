@@ -59,3 +59,12 @@ def test_pool_ignores_padding_and_dispatch_pads_with_invalid_rows():
     assert valid[0].tolist() == [1, 0, 0, 0] and index[1, :2].tolist() == [0, 3]
     with pytest.raises(ValueError, match="capacity is 1"):
         nas_cell.conv3_dispatch(CODES, capacity=1)
+
+
+def test_population_split_over_two_devices_matches_one(data):
+    rng = jax.random.PRNGKey(1)
+    one = train_population(CODES, rng, data, steps=3, net=NET, batch_size=8)
+    two = train_population(CODES, rng, data, steps=3, net=NET, batch_size=8, devices=2)
+    assert len(two["params"]["conv3"].sharding.device_set) == 2  # really split
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(two["params"]["conv3"], one["params"]["conv3"], rtol=1e-4, atol=1e-6)

@@ -93,19 +93,29 @@ def _train_program(params, codes, dispatch, rng, data: PopulationData, learning_
 
 
 def train_population(codes, rng: jax.Array, data: PopulationData, steps: int, *, net: CellNet = CellNet(), batch_size: int = 32,
-                     learning_rate=1e-2, weight_decay=0.0, params: dict | None = None, capacity: int | None = None) -> dict:
+                     learning_rate=1e-2, weight_decay=0.0, params: dict | None = None, capacity: int | None = None,
+                     devices: int = 1) -> dict:
     """Trains P members (``codes`` [P, 6]) for ``steps`` steps in one jit; returns
     ``{"losses": [steps, P], "val_accuracy": [P], "params": ...}``.
 
     ``learning_rate`` / ``weight_decay``: scalars or [P] arrays (a hyperparameter grid is one
     call). ``params`` defaults to ``init_population(rng, P, net)``. ``capacity``: members per edge
-    that get a 3x3 conv (see ``arch.nas_cell.conv3_dispatch``).
+    that get a 3x3 conv (see ``arch.nas_cell.conv3_dispatch``). ``devices`` > 1 splits the
+    population axis over that many devices (a ``population`` mesh axis; P must divide).
     """
     codes = np.asarray(codes, np.int32)
     index, valid, _ = conv3_dispatch(codes, capacity)
     init_rng, data_rng = jax.random.split(rng)
     if params is None:
         params = init_population(init_rng, len(codes), net)
+    if devices > 1:
+        if len(codes) % devices or devices > jax.device_count():
+            raise ValueError(f"a population of {len(codes)} does not split over {devices} devices ({jax.device_count()} available)")
+        mesh = jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("population",))
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("population"))
+        params = jax.device_put(params, split)  # member m's params live on device m // (P / devices)
+        learning_rate = jax.device_put(jnp.broadcast_to(jnp.asarray(learning_rate, jnp.float32), (len(codes),)), split)
+        weight_decay = jax.device_put(jnp.broadcast_to(jnp.asarray(weight_decay, jnp.float32), (len(codes),)), split)
     params, losses, accuracy = _train_program(
         params, jnp.asarray(codes), (jnp.asarray(index), jnp.asarray(valid)), data_rng, data,
         jnp.asarray(learning_rate, jnp.float32), jnp.asarray(weight_decay, jnp.float32), steps=steps, batch_size=batch_size,
