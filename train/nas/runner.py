@@ -40,6 +40,7 @@ def nas_config() -> ml_collections.ConfigDict:
     c.search = ml_collections.ConfigDict({f.name: f.default for f in SearchConfig.__dataclass_fields__.values()})
     c.search.budget = 64
     c.search.population = 16
+    c.search.seeds = 1  # runs per strategy; --strategy=all comparisons want 3 or more
     c.search.children_per_cycle = 8  # = scorer.chunk: each evolution cycle is one population program, no padding
     c.scorer = ml_collections.ConfigDict()
     c.scorer.kind = "train"  # train | synflow | table
