@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -222,7 +223,7 @@ def _readme_launch_commands() -> list[list[str]]:
             continue
         command = line[line.index("python -m launch.") :]
         command = command.split(" & ")[0].split(";")[0].replace("$i", "0")
-        commands.append(command.split()[2:])
+        commands.append(shlex.split(command)[2:])
     return commands
 
 
