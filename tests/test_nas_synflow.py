@@ -93,9 +93,18 @@ def test_population_equals_one_member_at_a_time(scores):
 
 def test_scorer_contract_is_deterministic_in_the_seed(scores):
     score_fn = make_synflow_scorer(NET, image_size=IMAGE)
-    np.testing.assert_array_equal(score_fn(CODES, 7 + 0), score_fn(CODES, 7))
+    np.testing.assert_array_equal(score_fn(CODES, 7), scores)  # seed 7 = PRNGKey(7)
     key = np.asarray(jax.random.PRNGKey(3))
     first = score_batch(score_fn, CODES, key)
     assert first.shape == (len(CODES),) and np.isfinite(first).all()
     np.testing.assert_array_equal(first, score_batch(score_fn, CODES, key))
     assert not np.allclose(first[: len(CONNECTED)], scores[: len(CONNECTED)])  # another seed, another initialisation
+
+
+def test_bad_codes_and_image_size_are_rejected_before_any_work():
+    with pytest.raises(ValueError, match=r"\[P, 6\]"):
+        synflow_scores(CODES[0], jax.random.PRNGKey(0), NET)
+    with pytest.raises(ValueError, match="decision 2"):
+        synflow_scores(np.array([[0, 1, 5, 0, 0, 0]]), jax.random.PRNGKey(0), NET)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        synflow_scores(CODES, jax.random.PRNGKey(0), NET, image_size=6)

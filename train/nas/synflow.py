@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch.nas_cell import CellNet, conv3_dispatch, init_population, population_logits
+from arch.nas_cell import HEAD_GRID, CellNet, conv3_dispatch, init_population, population_logits
+from arch.search_space import NUM_EDGES, NUM_OPS, check_choices
 from train.nas.small_jit import small_jit
 
 WEIGHTS = ("stem", "conv3", "conv1", "head")  # the scored leaves; "stem_bias" and "head_bias" are not
@@ -38,11 +39,18 @@ def _population_synflow(params: dict, codes: jax.Array, dispatch: tuple[jax.Arra
     return sum(per_leaf)
 
 
+def _check_population(codes) -> np.ndarray:
+    codes = check_choices(codes, (NUM_OPS,) * NUM_EDGES, "cell")
+    if codes.ndim != 2 or codes.shape[0] == 0:
+        raise ValueError(f"synflow scores a population of cells [P, {NUM_EDGES}] with P >= 1, got shape {codes.shape}")
+    return codes
+
+
 def synflow_of_params(params: dict, codes, *, image_size: int = 16) -> np.ndarray:
     """Synflow [P] of given population params (``init_population`` layout) for cells ``codes`` [P, 6]."""
-    codes = np.asarray(codes, np.int32)
-    if codes.ndim != 2 or codes.shape[0] == 0:
-        raise ValueError(f"codes must be a non-empty [P, 6] array, got shape {codes.shape}")
+    codes = _check_population(codes)
+    if image_size % HEAD_GRID:
+        raise ValueError(f"image_size must be a multiple of {HEAD_GRID} (the head pools to a {HEAD_GRID}x{HEAD_GRID} grid), got {image_size}")
     index, valid, _ = conv3_dispatch(codes)
     in_channels = params["stem"].shape[1] // 9
     with jax.enable_x64(True):
@@ -55,7 +63,8 @@ def synflow_of_params(params: dict, codes, *, image_size: int = 16) -> np.ndarra
 
 def synflow_scores(codes, rng: jax.Array, net: CellNet = CellNet(), *, image_size: int = 16) -> np.ndarray:
     """Synflow [P] of the cells ``codes`` [P, 6] at a fresh ``init_population(rng, P, net)``; higher is better."""
-    params = init_population(rng, len(np.asarray(codes)), net)
+    codes = _check_population(codes)
+    params = init_population(rng, len(codes), net)
     return synflow_of_params(params, codes, image_size=image_size)
 
 
