@@ -1,4 +1,4 @@
-"""python -m launch.benchmark [--suite=parallel|all] [--out=FILE.json] [--repeats=N]"""
+"""python -m launch.benchmark [--suite=parallel|nas|all] [--out=FILE.json] [--repeats=N]"""
 
 from __future__ import annotations
 
