@@ -54,11 +54,18 @@ def test_per_member_learning_rates_are_one_call(data):
 def test_pool_ignores_padding_and_dispatch_pads_with_invalid_rows():
     x = jnp.ones((1, 3, 3, 1))
     np.testing.assert_allclose(nas_cell.avg_pool_3x3(x), x)  # count_include_pad=False: a constant stays constant
-    index, valid, capacity = nas_cell.conv3_dispatch(CODES)
-    assert capacity == 4 and index.shape == (6, 4)
-    assert valid[0].tolist() == [1, 0, 0, 0] and index[1, :2].tolist() == [0, 3]
-    with pytest.raises(ValueError, match="capacity is 1"):
-        nas_cell.conv3_dispatch(CODES, capacity=1)
+    tables = nas_cell.op_dispatch(CODES)
+    assert sorted(tables) == [f"{j}/{op}" for j in (1, 2, 3) for op in ("conv1", "conv3", "pool")]
+    member, edge, valid = tables["2/conv3"]  # node 2 <- node 0 is edge 1, node 2 <- node 1 is edge 2
+    assert tables["2/conv3"].shape == (3, 4)  # 2 pairs, rounded up to 4
+    assert (member[:2].tolist(), edge[:2].tolist(), valid.tolist()) == ([0, 3], [1, 1], [1, 1, 0, 0])
+    member, edge, valid = tables["1/conv3"]
+    assert tables["1/conv3"].shape == (3, 4) and member[:1].tolist() == [0] and valid.sum() == 1
+    member, edge, valid = tables["3/pool"]  # the (member, edge) pairs of node 3 choosing pool
+    assert sorted(zip(member[valid == 1].tolist(), edge[valid == 1].tolist())) == [(3, 4)]
+    with pytest.raises(ValueError, match="2 edges into node 2 use nor_conv_3x3 but capacity is 1"):
+        nas_cell.op_dispatch(CODES, capacity=1)
+    assert nas_cell.op_dispatch(CODES[:1])["1/pool"].shape == (3, 1)  # never more than j * P rows
 
 
 def test_population_split_over_two_devices_matches_one(data):

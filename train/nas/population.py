@@ -19,7 +19,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from arch.nas_cell import CellNet, conv3_dispatch, init_population, member_logits, population_logits
+from arch.nas_cell import CellNet, init_population, member_logits, op_dispatch, population_logits
+from train.nas.small_jit import small_jit
 
 
 @struct.dataclass
@@ -43,6 +44,11 @@ def digits_data(image_size: int = 16, val_fraction: float = 0.2) -> PopulationDa
     splits = load_images("", image_size, val_fraction)
     x_train, y_train, x_val, y_val = _split(splits.x_train, splits.y_train, val_fraction)
     return PopulationData(*(jnp.asarray(a) for a in (x_train, y_train, x_val, y_val)))
+
+
+# Initialising 16 members eagerly dispatches hundreds of small PRNG ops (measured: ~15 s cold);
+# one small jit of the whole init takes ~1 s.
+_init_population = small_jit(init_population, static_argnums=(1, 2))
 
 
 def _optimizer() -> optax.GradientTransformation:
@@ -99,15 +105,15 @@ def train_population(codes, rng: jax.Array, data: PopulationData, steps: int, *,
     ``{"losses": [steps, P], "val_accuracy": [P], "params": ...}``.
 
     ``learning_rate`` / ``weight_decay``: scalars or [P] arrays (a hyperparameter grid is one
-    call). ``params`` defaults to ``init_population(rng, P, net)``. ``capacity``: members per edge
-    that get a 3x3 conv (see ``arch.nas_cell.conv3_dispatch``). ``devices`` > 1 splits the
+    call). ``params`` defaults to ``init_population(rng, P, net)``. ``capacity``: (member, edge)
+    pairs per node and op that get computed (see ``arch.nas_cell.op_dispatch``). ``devices`` > 1 splits the
     population axis over that many devices (a ``population`` mesh axis; P must divide).
     """
     codes = np.asarray(codes, np.int32)
-    index, valid, _ = conv3_dispatch(codes, capacity)
+    dispatch = {key: jnp.asarray(table) for key, table in op_dispatch(codes, capacity).items()}
     init_rng, data_rng = jax.random.split(rng)
     if params is None:
-        params = init_population(init_rng, len(codes), net)
+        params = _init_population(init_rng, len(codes), net)
     if devices > 1:
         if len(codes) % devices or devices > jax.device_count():
             raise ValueError(f"a population of {len(codes)} does not split over {devices} devices ({jax.device_count()} available)")
@@ -117,7 +123,7 @@ def train_population(codes, rng: jax.Array, data: PopulationData, steps: int, *,
         learning_rate = jax.device_put(jnp.broadcast_to(jnp.asarray(learning_rate, jnp.float32), (len(codes),)), split)
         weight_decay = jax.device_put(jnp.broadcast_to(jnp.asarray(weight_decay, jnp.float32), (len(codes),)), split)
     params, losses, accuracy = _train_program(
-        params, jnp.asarray(codes), (jnp.asarray(index), jnp.asarray(valid)), data_rng, data,
+        params, jnp.asarray(codes), dispatch, data_rng, data,
         jnp.asarray(learning_rate, jnp.float32), jnp.asarray(weight_decay, jnp.float32), steps=steps, batch_size=batch_size,
     )
     return {"losses": losses, "val_accuracy": accuracy, "params": params}

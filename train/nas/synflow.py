@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch.nas_cell import HEAD_GRID, CellNet, conv3_dispatch, init_population, population_logits
+from arch.nas_cell import HEAD_GRID, CellNet, init_population, op_dispatch, population_logits
 from arch.search_space import NUM_EDGES, NUM_OPS, check_choices
 from train.nas.small_jit import small_jit
 
@@ -30,7 +30,7 @@ WEIGHTS = ("stem", "conv3", "conv1", "head")  # the scored leaves; "stem_bias" a
 
 
 @small_jit  # one ones-image forward+backward: compiling it dominates, so compile for speed (CPU: ~2x faster)
-def _population_synflow(params: dict, codes: jax.Array, dispatch: tuple[jax.Array, jax.Array], ones: jax.Array) -> jax.Array:
+def _population_synflow(params: dict, codes: jax.Array, dispatch: dict, ones: jax.Array) -> jax.Array:
     """Synflow [P] of ``params`` (leading P axis) on the ``ones`` image [1, H, W, in]."""
     positive = jax.tree.map(jnp.abs, params)
     total = lambda p: population_logits(p, codes, dispatch, ones).sum()  # Σ_m R_m
@@ -51,12 +51,12 @@ def synflow_of_params(params: dict, codes, *, image_size: int = 16) -> np.ndarra
     codes = _check_population(codes)
     if image_size % HEAD_GRID:
         raise ValueError(f"image_size must be a multiple of {HEAD_GRID} (the head pools to a {HEAD_GRID}x{HEAD_GRID} grid), got {image_size}")
-    index, valid, _ = conv3_dispatch(codes)
+    tables = op_dispatch(codes)
     in_channels = params["stem"].shape[1] // 9
     with jax.enable_x64(True):
         params64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
         ones = jnp.ones((1, image_size, image_size, in_channels), jnp.float64)
-        dispatch = (jnp.asarray(index), jnp.asarray(valid, jnp.float64))
+        dispatch = {key: jnp.asarray(table) for key, table in tables.items()}
         scores = _population_synflow(params64, jnp.asarray(codes), dispatch, ones)
         return np.asarray(scores, np.float64)
 
