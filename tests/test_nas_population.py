@@ -75,3 +75,33 @@ def test_population_split_over_two_devices_matches_one(data):
     assert len(two["params"]["conv3"].sharding.device_set) == 2  # really split
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(two["params"]["conv3"], one["params"]["conv3"], rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_population_is_one_program_with_the_same_members(data):
+    rng = jax.random.PRNGKey(2)
+    whole = train_population(CODES, rng, data, steps=3, net=NET, batch_size=8, learning_rate=jnp.array([1e-2, 3e-3, 1e-2, 1e-3]))
+    chunked = train_population(CODES[:3], rng, data, steps=3, net=NET, batch_size=8, learning_rate=jnp.array([1e-2, 3e-3, 1e-2]),
+                               params=jax.tree.map(lambda x: x[:3], whole_init(rng)), chunk=2)  # 2 chunks, 1 padded member
+    assert chunked["losses"].shape == (3, 3) and chunked["val_accuracy"].shape == (3,)
+    np.testing.assert_allclose(chunked["losses"], whole["losses"][:, :3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(chunked["params"]["conv3"], whole["params"]["conv3"][:3], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(chunked["val_accuracy"], whole["val_accuracy"][:3])
+    split = train_population(CODES, rng, data, steps=3, net=NET, batch_size=8, chunk=2, devices=2,
+                             learning_rate=jnp.array([1e-2, 3e-3, 1e-2, 1e-3]))
+    np.testing.assert_allclose(split["losses"], whole["losses"], rtol=1e-5, atol=1e-6)
+
+
+def whole_init(rng):
+    return nas_cell.init_population(jax.random.split(rng)[0], len(CODES), NET)
+
+
+def test_a_chunk_that_does_not_fit_is_refused_before_compiling(data, monkeypatch):
+    from train.nas import population
+
+    needed = population.estimate_memory_bytes(4, batch_size=8, val_size=16, image_size=8, channels=4)
+    assert needed == 4 * 8 * 8 * 4 * 4 * (20 * 8 + 15 * 16)
+    monkeypatch.setattr(population, "available_memory_bytes", lambda device=None: needed - 1)
+    with pytest.raises(population.PopulationMemoryError, match=r"chunk of 4 members .* needs about .* GiB .* use a smaller chunk"):
+        train_population(CODES, jax.random.PRNGKey(0), data, steps=2, net=NET, batch_size=8)
+    monkeypatch.setattr(population, "available_memory_bytes", lambda device=None: needed)
+    train_population(CODES, jax.random.PRNGKey(0), data, steps=1, net=NET, batch_size=8)  # exactly enough: runs
