@@ -2,9 +2,9 @@
 
 A member of a population is a row of int32 decision indices, so a population is one ``[P, L]``
 array that the vmap-ed trainer, the strategies and history files all share. Every space offers
-``num_choices`` (choices per decision), ``random_codes(rng, n)``, ``mutate(rng, codes)`` (exactly one
-decision changed, always to a different value) and ``describe(code)``. Pure numpy, deterministic
-given the ``np.random.Generator``.
+``num_choices`` (choices per decision) and ``describe(code)``. Sampling, mutation and enumeration
+are generic over ``num_choices`` and have one implementation, the search strategies' own
+(``train.nas.space_ops``). Pure numpy.
 """
 
 from __future__ import annotations
@@ -120,43 +120,6 @@ def all_genotypes() -> np.ndarray:
     return np.array(list(itertools.product(range(NUM_OPS), repeat=NUM_EDGES)), np.int32)
 
 
-def random_genotypes(rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` cells drawn uniformly, ``[n, 6]`` int32."""
-    return rng.integers(0, NUM_OPS, size=(n, NUM_EDGES), dtype=np.int32)
-
-
-def mutate_choices(rng: np.random.Generator, codes, num_choices) -> np.ndarray:
-    """Changes exactly one decision of each code ``[..., L]`` to a different value, uniformly over both.
-
-    Decisions with a single choice cannot change and are never picked. Returns a new int32 array.
-    """
-    codes = check_choices(codes, num_choices, "search-space")
-    sizes = np.asarray(num_choices)
-    mutable = np.flatnonzero(sizes > 1)
-    if mutable.size == 0:
-        raise ValueError("no decision in this space has more than one choice, so nothing can mutate")
-    flat = codes.reshape(-1, len(sizes)).copy()
-    rows = np.arange(len(flat))
-    position = mutable[rng.integers(0, mutable.size, size=len(flat))]
-    shift = rng.integers(1, sizes[position])  # 1..size-1: never back to the same value
-    flat[rows, position] = (flat[rows, position] + shift) % sizes[position]
-    return flat.reshape(codes.shape)
-
-
-def mutate_population(rng: np.random.Generator, codes) -> np.ndarray:
-    """Regularized-evolution mutation of cells ``[P, 6]``: one edge per member gets a different op."""
-    return mutate_choices(rng, _check_genotype(codes), (NUM_OPS,) * NUM_EDGES)
-
-
-def mutate_genotype(rng: np.random.Generator, code) -> np.ndarray:
-    """One cell ``[6]`` with exactly one edge changed to a different op."""
-    code = _check_genotype(code)
-    if code.ndim != 1:
-        raise GenotypeError(f"expected one genotype of shape [{NUM_EDGES}], got shape {code.shape}; "
-                            "use mutate_population for a population")
-    return mutate_population(rng, code)
-
-
 def is_disconnected(codes) -> bool | np.ndarray:
     """True where no path of non-``none`` edges leads from node 0 to node 3 (the cell outputs zeros).
 
@@ -188,12 +151,6 @@ class CellSpace:
     @property
     def num_choices(self) -> tuple[int, ...]:
         return (NUM_OPS,) * NUM_EDGES
-
-    def random_codes(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return random_genotypes(rng, n)
-
-    def mutate(self, rng: np.random.Generator, codes) -> np.ndarray:
-        return mutate_population(rng, codes)
 
     def describe(self, code) -> str:
         return genotype_to_string(code)
@@ -227,14 +184,6 @@ class DenseSpace:
     def max_width(self) -> int:
         return max(self.widths)
 
-    def random_codes(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` members drawn uniformly per decision, ``[n, 1 + 2 * max_depth]`` int32."""
-        return rng.integers(0, self.num_choices, size=(n, len(self.num_choices)), dtype=np.int32)
-
-    def mutate(self, rng: np.random.Generator, codes) -> np.ndarray:
-        """Exactly one decision per member (``[L]`` or ``[P, L]``) changed to a different value."""
-        return mutate_choices(rng, codes, self.num_choices)
-
     def to_masks(self, codes) -> dict[str, np.ndarray]:
         """Shape-uniform view of a population ``[P, L]`` for a padded ``max_depth x max_width`` network.
 
@@ -264,39 +213,46 @@ class DenseSpace:
 
 @dataclasses.dataclass(frozen=True)
 class HyperparameterSpace:
-    """Learning rate and weight decay as member decisions: code ``[lr_index, wd_index]``.
+    """Training hyperparameters of one fixed architecture: code ``[batch_index, width_index, lr_index, wd_index]``.
 
-    A population's per-member values come from :meth:`values`, so a grid over them trains as one
-    vmap-ed call instead of one run per setting.
+    Batch size and width change array shapes, learning rate and weight decay do not, so the shape
+    decisions come first: a lexicographic grid then visits all (lr, wd) pairs of one (batch, width)
+    in a row, and the members that share a shape train as one vmap-ed population with per-member
+    values from :meth:`values`.
     """
 
-    learning_rates: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
-    weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3)
+    learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
+    weight_decays: tuple[float, ...] = (0.0, 1e-1)  # decoupled (AdamW): the step subtracts lr * wd * param
+    batch_sizes: tuple[int, ...] = (32, 64)
+    widths: tuple[int, ...] = (8, 16)
 
     def __post_init__(self):
-        if not self.learning_rates or not self.weight_decays:
-            raise ValueError(f"HyperparameterSpace needs at least one learning rate and weight decay, got {self}")
+        for name, low, closed in (("learning_rates", 0, False), ("weight_decays", 0, True), ("batch_sizes", 1, True),
+                                  ("widths", 1, True)):
+            values = tuple(getattr(self, name))
+            if not values:
+                raise ValueError(f"{name} must list at least one value (the grid would be empty)")
+            bad = [v for v in values if not (v >= low if closed else v > low)]
+            if bad:
+                raise ValueError(f"{name} must all be {'>=' if closed else '>'} {low}, got {bad[0]}")
 
     @property
     def num_choices(self) -> tuple[int, ...]:
-        return (len(self.learning_rates), len(self.weight_decays))
+        return (len(self.batch_sizes), len(self.widths), len(self.learning_rates), len(self.weight_decays))
 
     def grid(self) -> np.ndarray:
-        """Every (lr, wd) index pair ``[G, 2]`` int32, learning rate major."""
+        """Every code ``[G, 4]`` int32 once, in lexicographic order (batch size slowest, weight decay fastest)."""
         return np.array(list(itertools.product(*map(range, self.num_choices))), np.int32)
 
-    def random_codes(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.integers(0, self.num_choices, size=(n, 2), dtype=np.int32)
-
-    def mutate(self, rng: np.random.Generator, codes) -> np.ndarray:
-        return mutate_choices(rng, codes, self.num_choices)
-
     def values(self, codes) -> dict[str, np.ndarray]:
-        """Per-member ``learning_rate`` and ``weight_decay`` float32 ``[P]`` for codes ``[P, 2]``."""
+        """Per-member ``batch_size``, ``width`` (int32 ``[P]``), ``learning_rate`` and ``weight_decay`` (float32 ``[P]``)."""
         codes = check_choices(np.atleast_2d(codes), self.num_choices, "hyperparameter")
-        return {"learning_rate": np.asarray(self.learning_rates, np.float32)[codes[:, 0]],
-                "weight_decay": np.asarray(self.weight_decays, np.float32)[codes[:, 1]]}
+        return {"batch_size": np.asarray(self.batch_sizes, np.int32)[codes[:, 0]],
+                "width": np.asarray(self.widths, np.int32)[codes[:, 1]],
+                "learning_rate": np.asarray(self.learning_rates, np.float32)[codes[:, 2]],
+                "weight_decay": np.asarray(self.weight_decays, np.float32)[codes[:, 3]]}
 
     def describe(self, code) -> str:
-        values = self.values(code)
-        return f"lr {values['learning_rate'][0]:g}, wd {values['weight_decay'][0]:g}"
+        """One member in words, e.g. ``batch 32, width 16, lr 0.01, wd 0.01``."""
+        v = {name: value[0] for name, value in self.values(code).items()}
+        return f"batch {v['batch_size']}, width {v['width']}, lr {v['learning_rate']:g}, wd {v['weight_decay']:g}"

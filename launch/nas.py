@@ -1,4 +1,4 @@
-"""python -m launch.nas --strategy=evolution|reinforce|random|grid|all [--workdir=DIR] [--config.search.budget=N ...]"""
+"""python -m launch.nas --strategy=evolution|reinforce|random|grid|all [--workdir=DIR] [--config.search.space=cell|dense|hparams] [--config.search.budget=N ...]"""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = OneLineParser(
         prog="python -m launch.nas",
-        description="Search NAS-Bench-201 cells: each strategy scores whole batches of architectures (a vmap-ed population "
-                    "trained in one jit, synflow, or a table lookup). The same workdir again resumes.",
+        description="Search NAS-Bench-201 cells (search.space=cell), masked MLPs (dense) or the training hyperparameters of "
+                    "one cell (hparams): each strategy scores whole batches of members (a vmap-ed population trained in one jit, "
+                    "synflow, or a table lookup). The same workdir again resumes.",
         epilog="config overrides (name=default):\n" + "\n".join(describe_config(nas_config())),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -43,10 +44,20 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     if summary["complete"]:
         best = summary["best"]
-        print(f"best: {best['genotype']} ({best['unit']} {best['score']:.2f}, {best['strategy']} seed {best['seed']})")
+        print(f"best: {best.get('member', best.get('genotype'))} ({best['unit']} {best['score']:.2f}, {best['strategy']} seed {best['seed']})")
         print("\n".join(comparison_table(summary["comparison"], None if config.scorer.kind != "table" else _optimum(workdir))))
-        print(f"train it fully: python -m launch.train --model=nas_cell --config.model.genotype='{best['genotype']}'")
+        if config.search.space != "dense":
+            print(f"train it fully: {_train_command(best)}")
     return 0
+
+
+def _train_command(best: dict) -> str:
+    command = f"python -m launch.train --model=nas_cell --config.model.genotype='{best['genotype']}'"
+    if "values" in best:  # search.space=hparams
+        v = best["values"]
+        command += (f" --config.model.channels={v['width']} --config.train.batch_size={v['batch_size']}"
+                    f" --config.train.learning_rate={v['learning_rate']} --config.train.weight_decay={v['weight_decay']}")
+    return command
 
 
 def _optimum(workdir: str):

@@ -1,10 +1,23 @@
 """NAS search spaces: NAS-Bench-201 genotype strings and indices, mutation, connectivity, masks, hyperparameters."""
 
+import jax
 import numpy as np
 import pytest
 
 from arch import search_space as ss
 from arch.search_space import DenseSpace, GenotypeError, HyperparameterSpace
+from train.nas.small_jit import small_jit
+from train.nas.space_ops import mutate, random_codes
+
+
+def sample(num_choices, n, seed):
+    """Codes from the strategies' sampler (the one implementation; the spaces only describe codes)."""
+    return np.asarray(random_codes(jax.random.PRNGKey(seed), tuple(num_choices), n))
+
+
+def mutate_each(codes, num_choices, seed):
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(codes))
+    return np.asarray(small_jit(jax.vmap(lambda k, c: mutate(k, c, tuple(num_choices))))(keys, np.asarray(codes, np.int32)))
 
 VALID_OPS = "valid ops: none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3"
 NB201_EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
@@ -67,39 +80,24 @@ def test_bad_codes_are_rejected():
             ss.genotype_to_string(code)
 
 
-def test_random_genotypes_are_deterministic_and_cover_ops():
-    first = ss.random_genotypes(np.random.default_rng(0), 500)
-    again = ss.random_genotypes(np.random.default_rng(0), 500)
+def test_random_cells_are_deterministic_and_cover_ops():
+    first, again = sample(ss.CellSpace().num_choices, 500, 0), sample(ss.CellSpace().num_choices, 500, 0)
     np.testing.assert_array_equal(first, again)
     assert first.shape == (500, 6) and first.dtype == np.int32
     assert set(np.unique(first)) == set(range(5))
 
 
-def test_population_mutation_changes_exactly_one_edge_to_a_different_op():
-    rng = np.random.default_rng(1)
-    parents = ss.random_genotypes(rng, 5000)
-    before = parents.copy()
-    children = ss.mutate_population(rng, parents)
-    np.testing.assert_array_equal(parents, before)  # input untouched
+def test_cell_mutation_changes_exactly_one_edge_to_a_different_op():
+    parents = sample(ss.CellSpace().num_choices, 5000, 1)
+    children = mutate_each(parents, ss.CellSpace().num_choices, 2)
     changed = children != parents
     assert children.dtype == np.int32 and (changed.sum(axis=1) == 1).all()
     assert set(np.flatnonzero(changed.any(axis=0))) == set(range(6))  # every edge gets picked
     for edge in range(6):
-        rows = changed[:, edge]
-        assert set(children[rows, edge]) == set(range(5))  # every op gets chosen as a replacement
-
-
-def test_single_mutation_is_deterministic_and_never_a_no_op():
+        assert set(children[changed[:, edge], edge]) == set(range(5))  # every op gets chosen as a replacement
     code = ss.genotype_from_string(NB201_EXAMPLE)
-    rng = np.random.default_rng(2)
-    seen = set()
-    for _ in range(300):
-        child = ss.mutate_genotype(rng, code)
-        assert child.shape == (6,) and (child != code).sum() == 1
-        seen.add(tuple(child))
-    assert len(seen) == 6 * 4  # all single-edge neighbours reached
-    np.testing.assert_array_equal(ss.mutate_genotype(np.random.default_rng(3), code),
-                                  ss.mutate_genotype(np.random.default_rng(3), code))
+    neighbours = mutate_each(np.repeat(code[None], 300, axis=0), ss.CellSpace().num_choices, 3)
+    assert len({tuple(c) for c in neighbours}) == 6 * 4  # all single-edge neighbours reached
 
 
 def _cell(**ops_by_edge):
@@ -136,15 +134,13 @@ def test_op_frequencies_are_per_edge_fractions():
     np.testing.assert_allclose(table[0], [1, 0, 0, 0, 0])
     np.testing.assert_allclose(table[1], [0, 0.5, 0, 0, 0.5])
     np.testing.assert_allclose(table[5], [0.25, 0.75, 0, 0, 0])
-    random_table = ss.op_frequencies(ss.random_genotypes(np.random.default_rng(4), 1000))
+    random_table = ss.op_frequencies(sample(ss.CellSpace().num_choices, 1000, 4))
     np.testing.assert_allclose(random_table.sum(axis=1), 1.0, rtol=1e-6)
 
 
 def test_cell_space_offers_the_generic_interface():
     space = ss.CellSpace()
-    codes = space.random_codes(np.random.default_rng(5), 8)
-    assert len(space.num_choices) == codes.shape[1] == 6
-    assert ((space.mutate(np.random.default_rng(6), codes) != codes).sum(axis=1) == 1).all()
+    assert space.num_choices == (5,) * 6
     assert space.describe(ss.genotype_from_string(NB201_EXAMPLE)) == NB201_EXAMPLE
 
 
@@ -170,39 +166,54 @@ def test_dense_masks_for_hand_made_codes():
         space.to_masks([[0, 4, 0, 0, 0, 0, 0, 0, 0]])
 
 
-def test_dense_random_and_mutate_change_exactly_one_decision():
+def test_dense_codes_sample_and_mutate_one_decision():
     space = DenseSpace(max_depth=3, widths=(8, 16), activations=("relu", "tanh", "gelu"))
-    rng = np.random.default_rng(7)
-    codes = space.random_codes(rng, 3000)
+    codes = sample(space.num_choices, 3000, 7)
     assert codes.shape == (3000, 7) and codes.dtype == np.int32
     assert (codes.max(axis=0) == np.array(space.num_choices) - 1).all() and codes.min() == 0
-    children = space.mutate(rng, codes)
+    children = mutate_each(codes, space.num_choices, 8)
     changed = children != codes
     assert (changed.sum(axis=1) == 1).all()
     assert changed.any(axis=0).all()  # every decision gets picked
     assert (children.max(axis=0) < np.array(space.num_choices)).all()
-    single = space.mutate(np.random.default_rng(8), codes[0])
-    assert single.shape == (7,) and (single != codes[0]).sum() == 1
+    assert space.to_masks(children)["unit_active"].shape == (3000, 3, 16)
 
 
 def test_hyperparameter_grid_and_values():
-    space = HyperparameterSpace()
+    space = HyperparameterSpace(learning_rates=(3e-4, 1e-3, 3e-3, 1e-2), weight_decays=(0.0, 1e-4, 1e-3), batch_sizes=(16, 64),
+                                widths=(8,))
+    assert space.num_choices == (2, 1, 4, 3)
     grid = space.grid()
-    assert grid.shape == (12, 2) and grid.dtype == np.int32 and len(np.unique(grid, axis=0)) == 12
+    assert grid.shape == (24, 4) and grid.dtype == np.int32 and len(np.unique(grid, axis=0)) == 24
     values = space.values(grid)
-    assert values["learning_rate"].dtype == np.float32 and values["learning_rate"].shape == (12,)
-    np.testing.assert_allclose(values["learning_rate"], np.repeat([3e-4, 1e-3, 3e-3, 1e-2], 3).astype(np.float32))
-    np.testing.assert_allclose(values["weight_decay"], np.tile([0.0, 1e-4, 1e-3], 4).astype(np.float32))
-    one = space.values(np.array([[2, 1]]))
-    assert one["learning_rate"][0] == np.float32(3e-3) and one["weight_decay"][0] == np.float32(1e-4)
-    assert space.describe([2, 1]) == "lr 0.003, wd 0.0001"
+    assert values["learning_rate"].dtype == np.float32 and values["learning_rate"].shape == (24,)
+    assert values["batch_size"].dtype == np.int32 and values["width"].dtype == np.int32
+    np.testing.assert_array_equal(values["batch_size"], np.repeat([16, 64], 12))  # shapes slowest: one shape per run of 12
+    np.testing.assert_array_equal(values["width"], 8)
+    np.testing.assert_allclose(values["learning_rate"], np.tile(np.repeat([3e-4, 1e-3, 3e-3, 1e-2], 3), 2).astype(np.float32))
+    np.testing.assert_allclose(values["weight_decay"], np.tile([0.0, 1e-4, 1e-3], 8).astype(np.float32))
+    one = space.values(np.array([[1, 0, 2, 1]]))
+    assert one["learning_rate"][0] == np.float32(3e-3) and one["weight_decay"][0] == np.float32(1e-4) and one["batch_size"][0] == 64
+    assert space.describe([1, 0, 2, 1]) == "batch 64, width 8, lr 0.003, wd 0.0001"
+    with pytest.raises(ValueError, match="decision 2"):
+        space.values([[0, 0, 4, 0]])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(learning_rates=()), "learning_rates must list at least one value"),
+    (dict(widths=()), "widths must list at least one value"),
+    (dict(learning_rates=(1e-3, 0.0)), "learning_rates must all be > 0, got 0.0"),
+    (dict(weight_decays=(-1e-4,)), "weight_decays must all be >= 0"),
+    (dict(batch_sizes=(0,)), "batch_sizes must all be >= 1"),
+])
+def test_hyperparameter_space_rejects_empty_or_bad_grids(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HyperparameterSpace(**kwargs)
 
 
 def test_hyperparameter_mutation_skips_single_choice_decisions():
-    space = HyperparameterSpace(learning_rates=(1e-3, 1e-2), weight_decays=(0.0,))
-    codes = space.random_codes(np.random.default_rng(9), 200)
-    children = space.mutate(np.random.default_rng(10), codes)
-    np.testing.assert_array_equal(children[:, 0], 1 - codes[:, 0])
-    np.testing.assert_array_equal(children[:, 1], 0)
-    with pytest.raises(ValueError, match="nothing can mutate"):
-        HyperparameterSpace(learning_rates=(1e-3,), weight_decays=(0.0,)).mutate(np.random.default_rng(0), [0, 0])
+    space = HyperparameterSpace(learning_rates=(1e-3, 1e-2), weight_decays=(0.0,), batch_sizes=(32,), widths=(16,))
+    codes = sample(space.num_choices, 200, 9)
+    children = mutate_each(codes, space.num_choices, 10)
+    np.testing.assert_array_equal(children[:, 2], 1 - codes[:, 2])
+    np.testing.assert_array_equal(children[:, [0, 1, 3]], 0)

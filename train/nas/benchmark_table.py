@@ -31,52 +31,23 @@ import os
 
 import numpy as np
 
+from arch.search_space import (NUM_EDGES, NUM_OPS, CellSpace, GenotypeError, genotype_from_string, genotype_to_string,
+                               is_disconnected)
 from train.nas.space_ops import codes_from_indices, indices_from_codes
 
-# Local copies of the cell-space conventions; to be replaced by arch.search_space's.
-OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), the order of a genotype's entries
-CELL_CHOICES = (len(OPS),) * len(EDGES)
+CELL_CHOICES = CellSpace().num_choices
 METRICS = ("accuracy", "valid-accuracy", "valid_accuracy")  # tried in order when no metric is named
+__all__ = ["CELL_CHOICES", "Table", "TableError", "generate_table", "genotype_from_string", "genotype_to_string",
+           "is_connected", "load_table", "synthetic_scores"]
 
 
 class TableError(ValueError):
     """A benchmark table that is missing, empty or malformed (one line, naming file and row)."""
 
 
-def genotype_from_string(arch: str) -> np.ndarray:
-    """``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` -> int32 ``[6]``; ValueError naming the bad edge or op."""
-    nodes = arch.strip().split("+") if isinstance(arch, str) else []
-    if len(nodes) != 3:
-        raise ValueError(f"arch string must have 3 nodes joined by '+', got {arch!r}")
-    code = []
-    for to, node in enumerate(nodes, start=1):
-        parts = node.split("|")
-        if len(parts) != to + 2 or parts[0] or parts[-1]:
-            raise ValueError(f"node {to} of {arch!r} must be {to} edge(s) written |op~i|, got {node!r}")
-        for source, part in enumerate(parts[1:-1]):
-            op, _, index = part.partition("~")
-            if index != str(source):
-                raise ValueError(f"edge {to}<-{source} of {arch!r} must end in ~{source}, got {part!r}")
-            if op not in OPS:
-                raise ValueError(f"edge {to}<-{source} of {arch!r} has unknown op {op!r}; valid ops: {', '.join(OPS)}")
-            code.append(OPS.index(op))
-    return np.asarray(code, np.int32)
-
-
-def genotype_to_string(code) -> str:
-    ops = [OPS[int(c)] for c in code]
-    return "+".join("|" + "|".join(f"{ops[e]}~{src}" for e, (to, src) in enumerate(EDGES) if to == node) + "|"
-                    for node in (1, 2, 3))
-
-
 def is_connected(code) -> bool:
     """Whether some path of non-``none`` edges leads from the input node 0 to the output node 3."""
-    reached = {0}
-    for (to, src), op in zip(EDGES, code):  # edges are in topological order of their target
-        if src in reached and int(op) != 0:
-            reached.add(to)
-    return 3 in reached
+    return not is_disconnected(code)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -92,8 +63,8 @@ class Table:
     def score_fn(self, codes, rng_seed: int = 0) -> np.ndarray:
         """Scorer by lookup (``rng_seed`` is unused: a table is deterministic)."""
         codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != len(EDGES) or codes.min(initial=0) < 0 or codes.max(initial=0) >= len(OPS):
-            raise TableError(f"table {self.source} scores cell codes [P, {len(EDGES)}] with ops 0..{len(OPS) - 1}, got shape {codes.shape}")
+        if codes.ndim != 2 or codes.shape[1] != NUM_EDGES or codes.min(initial=0) < 0 or codes.max(initial=0) >= NUM_OPS:
+            raise TableError(f"table {self.source} scores cell codes [P, {NUM_EDGES}] with ops 0..{NUM_OPS - 1}, got shape {codes.shape}")
         scores = self.scores[indices_from_codes(codes, CELL_CHOICES)]
         missing = np.flatnonzero(np.isnan(scores))
         if missing.size:
@@ -131,7 +102,7 @@ def load_table(path: str, metric: str | None = None) -> Table:
             raise TableError(f"{path}, {where}: arch must be a string, got {arch!r}")
         try:
             code = genotype_from_string(arch)
-        except ValueError as e:
+        except GenotypeError as e:
             raise TableError(f"{path}, {where}: {e}") from None
         try:
             score = float(value)
@@ -200,15 +171,15 @@ def synthetic_scores(rng_seed: int) -> np.ndarray:
     cells with no path of non-``none`` edges from input to output score near chance (10%).
     """
     rng = np.random.default_rng(rng_seed)
-    E = len(EDGES)
-    effect = np.asarray([-2.0, 0.5, 2.0, 3.0, 0.0]) + rng.normal(0.0, 1.0, (E, len(OPS)))
-    pair = np.triu(np.ones((E, E)), 1)[:, :, None, None] * rng.normal(0.0, 0.3, (E, E, len(OPS), len(OPS)))
+    E = NUM_EDGES
+    effect = np.asarray([-2.0, 0.5, 2.0, 3.0, 0.0]) + rng.normal(0.0, 1.0, (E, NUM_OPS))
+    pair = np.triu(np.ones((E, E)), 1)[:, :, None, None] * rng.normal(0.0, 0.3, (E, E, NUM_OPS, NUM_OPS))
     codes = codes_from_indices(np.arange(math.prod(CELL_CHOICES)), CELL_CHOICES)
     edges = np.arange(E)
     acc = 74.0 + effect[edges, codes].sum(1)
     acc += pair[edges[:, None], edges[None, :], codes[:, :, None], codes[:, None, :]].sum((1, 2))
     acc += rng.normal(0.0, 0.1, len(codes))
-    connected = np.asarray([is_connected(c) for c in codes])
+    connected = ~is_disconnected(codes)
     acc = np.where(connected, acc, 10.0 + rng.normal(0.0, 0.3, len(codes)))
     return np.round(np.clip(acc, 0.0, 100.0), 4)
 

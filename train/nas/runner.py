@@ -1,12 +1,15 @@
-"""A NAS run in a workdir: config, scorer, resumable search per (strategy, seed), outputs.
+"""A NAS run in a workdir: config, search space, scorer, resumable search per (strategy, seed), outputs.
 
-``run_strategies(config, strategies, workdir)`` runs each strategy for ``search.seeds`` seeds.
-Each run lives in ``WORKDIR/<strategy>/seed_<n>/`` with its search state saved by orbax after
-every cycle (so the same command resumes exactly) and ``history.jsonl`` (genotype, score, cost,
-strategy, seed per evaluation). The workdir gets ``best.json``, ``comparison.json`` and plots:
-best-so-far against evaluations per strategy, and per-edge op frequencies of the final
-population. The scorer trains a vmap-ed population (``train``), computes synflow (``synflow``)
-or looks genotypes up in a NAS-Bench-201-style table (``table``).
+``run_strategies(config, strategies, workdir)`` runs each strategy for ``search.seeds`` seeds over
+the space ``search.space`` names: ``cell`` (NAS-Bench-201 cells), ``dense`` (masked MLPs,
+``config.dense``) or ``hparams`` (batch size, width, learning rate and weight decay of one fixed
+cell, ``config.hparams``). Each run lives in ``WORKDIR/<strategy>/seed_<n>/`` with its search state
+saved by orbax after every cycle (so the same command resumes exactly) and ``history.jsonl`` (one
+row per evaluation: the member, score, cost, strategy, seed). The workdir gets ``best.json``,
+``comparison.json`` and plots: best-so-far against evaluations per strategy, and for cells the
+per-edge op frequencies of the final population. Cells are scored by training a vmap-ed population
+(``train``), synflow (``synflow``) or a NAS-Bench-201-style table (``table``); the other spaces by
+training (``train.nas.dense_population``, ``train.nas.hparam_population``).
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from arch.search_space import NUM_EDGES, NUM_OPS, OPS, genotype_to_string, op_frequencies
+from arch.search_space import (NUM_EDGES, NUM_OPS, OPS, CellSpace, DenseSpace, GenotypeError, HyperparameterSpace,
+                               genotype_from_string, genotype_to_string, op_frequencies)
 from train.nas.search import STRATEGIES, init_search, run_search, summarize_best
 from train.nas.search_config import SearchConfig, search_config
+from train.nas.space_ops import num_codes
 
-CELL_CHOICES = (NUM_OPS,) * NUM_EDGES
 SCORERS = ("train", "synflow", "table")
+SPACES = ("cell", "dense", "hparams")
+DEFAULT_HPARAMS_GENOTYPE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 COMPARED = ("evolution", "reinforce", "random")  # --strategy=all
 
 
@@ -50,6 +56,21 @@ def nas_config() -> ml_collections.ConfigDict:
     c.scorer.batch_size = 32
     c.scorer.learning_rate = 1e-2
     c.scorer.chunk = 8  # members trained together: every call is padded to a multiple (one compiled shape)
+    c.search.space = "cell"  # cell | dense | hparams
+    dense, hparams = DenseSpace(), HyperparameterSpace()
+    c.dense = ml_collections.ConfigDict()  # search.space=dense: MLPs on flattened digits (scorer.batch_size, learning_rate)
+    c.dense.max_depth = dense.max_depth
+    c.dense.widths = dense.widths
+    c.dense.activations = dense.activations
+    c.dense.image_size = 8  # digits' own resolution: 64 inputs
+    # search.space=hparams: a grid over one fixed cell's training; each member's batch size, width, learning rate and
+    # weight decay replace scorer.batch_size, scorer.channels, scorer.learning_rate (and weight decay 0)
+    c.hparams = ml_collections.ConfigDict()
+    c.hparams.genotype = DEFAULT_HPARAMS_GENOTYPE
+    c.hparams.learning_rates = hparams.learning_rates
+    c.hparams.weight_decays = hparams.weight_decays
+    c.hparams.batch_sizes = hparams.batch_sizes
+    c.hparams.widths = hparams.widths
     return c
 
 
@@ -61,7 +82,7 @@ def apply_nas_overrides(config: ml_collections.ConfigDict, overrides: dict[str, 
         section, _, field = key.rpartition(".")
         node = config[section] if section in config else None
         if node is None or not isinstance(node, ml_collections.ConfigDict) or field not in node:
-            valid = [f"{s}.{k}" for s in ("search", "scorer") for k in sorted(config[s].keys())] + ["seed"]
+            valid = [f"{s}.{k}" for s in ("search", "scorer", "dense", "hparams") for k in sorted(config[s].keys())] + ["seed"]
             if key != "seed":
                 raise SearchError(f"unknown config key config.{key}; valid: {', '.join(valid)}")
             config.seed = int(raw)
@@ -91,6 +112,51 @@ def validate_nas_config(config) -> None:
         raise SearchError(f"scorer.image_size must be divisible by 4 (the head's 4x4 grid); got {s.image_size}")
     if s.learning_rate <= 0:
         raise SearchError(f"scorer.learning_rate must be > 0 (got {s.learning_rate})")
+    space = config.search.space
+    if space not in SPACES:
+        raise SearchError(f"search.space must be one of {', '.join(SPACES)} (got {space!r})")
+    if space != "cell" and s.kind != "train":
+        raise SearchError(f"search.space={space} is scored by training (scorer.kind=train); scorer.kind={s.kind} scores cells only")
+    make_space(config)  # the chosen space's own checks
+
+
+def make_space(config):
+    """The ``arch.search_space`` object ``search.space`` names, built from its config section; SearchError on bad values."""
+    space = config.search.space
+    if space == "cell":
+        return CellSpace()
+    if space == "dense":
+        from train.nas.dense_population import check_activations
+
+        d = config.dense
+        if d.max_depth < 1:
+            raise SearchError(f"dense.max_depth must be >= 1 (got {d.max_depth})")
+        if not d.widths or min(d.widths) < 1:
+            raise SearchError(f"dense.widths must list at least one width, all >= 1 (got {tuple(d.widths)})")
+        try:
+            check_activations(tuple(d.activations))
+        except ValueError as e:
+            raise SearchError(f"dense.activations: {e}") from None
+        if d.image_size < 1:
+            raise SearchError(f"dense.image_size must be >= 1 (got {d.image_size})")
+        return DenseSpace(max_depth=d.max_depth, widths=tuple(d.widths), activations=tuple(d.activations))
+    h = config.hparams
+    try:
+        genotype_from_string(h.genotype)
+    except GenotypeError as e:
+        raise SearchError(f"bad hparams.genotype: {e}") from None
+    try:
+        return HyperparameterSpace(learning_rates=tuple(h.learning_rates), weight_decays=tuple(h.weight_decays),
+                                   batch_sizes=tuple(h.batch_sizes), widths=tuple(h.widths))
+    except ValueError as e:
+        raise SearchError(f"hparams.{e}") from None
+
+
+def describe_member(space, code) -> dict:
+    """A history row's description of one member: ``genotype`` for cells, else ``member`` (words) and ``code``."""
+    if isinstance(space, CellSpace):
+        return {"genotype": genotype_to_string(code)}
+    return {"member": space.describe(code), "code": [int(c) for c in code]}
 
 
 def _memory_bytes() -> int:
@@ -100,23 +166,44 @@ def _memory_bytes() -> int:
         return 1 << 40
 
 
-def check_chunk_fits(scorer) -> None:
+def check_chunk_fits(scorer, *, batch_size: int | None = None, channels: int | None = None, members: int | None = None) -> None:
     """Refuses a population chunk whose training program would not fit in memory (rough upper bound:
-    ~60 activation-sized buffers per member, im2col patches and gradients included)."""
-    per_member = scorer.batch_size * scorer.image_size**2 * scorer.channels * 4 * 60
-    needed, have = scorer.chunk * per_member, _memory_bytes()
+    ~60 activation-sized buffers per member, im2col patches and gradients included). The keywords
+    replace the scorer's values (a hyperparameter search's largest batch, width and group)."""
+    batch_size, channels = batch_size or scorer.batch_size, channels or scorer.channels
+    members = members or scorer.chunk
+    per_member = batch_size * scorer.image_size**2 * channels * 4 * 60
+    needed, have = members * per_member, _memory_bytes()
     if needed > 0.5 * have:
         raise SearchError(
-            f"scorer.chunk={scorer.chunk} needs about {needed / 2**30:.1f} GiB for one population step but this machine has "
-            f"{have / 2**30:.1f} GiB; lower scorer.chunk (or scorer.batch_size)"
+            f"a population of {members} cells (batch {batch_size}, width {channels}) needs about {needed / 2**30:.1f} GiB for one "
+            f"step but this machine has {have / 2**30:.1f} GiB; lower scorer.chunk (or the batch size / width)"
         )
 
 
 class Scorer:
-    """``score_fn(codes, rng_seed) -> [P]`` plus what reports need (optimum when known)."""
+    """``score_fn(codes, rng_seed) -> [P]`` for the configured space, plus what reports need (optimum when known)."""
 
     def __init__(self, config):
         s, self.kind, self.optimum = config.scorer, config.scorer.kind, None
+        self.space_name, self.space = config.search.space, make_space(config)
+        self.steps, self.chunk, self.batch, self.lr = config.search.steps_per_member, s.chunk, s.batch_size, s.learning_rate
+        if self.space_name == "dense":
+            from train.nas.population import digits_data
+
+            self.data = digits_data(config.dense.image_size)
+            self.score_fn, self.unit = self._dense, f"val accuracy after {self.steps} steps"
+            return
+        if self.space_name == "hparams":
+            from train.nas.population import digits_data
+
+            h = self.space
+            group = len(h.learning_rates) * len(h.weight_decays)  # the largest population one shape can have in a batch
+            check_chunk_fits(s, batch_size=max(h.batch_sizes), channels=max(h.widths), members=-(-group // s.chunk) * s.chunk)
+            self.genotype = genotype_from_string(config.hparams.genotype)
+            self.data = digits_data(s.image_size)
+            self.score_fn, self.unit = self._hparams, f"val accuracy after {self.steps} steps"
+            return
         if self.kind == "table":
             from train.nas.benchmark_table import TableError, load_table
 
@@ -133,7 +220,6 @@ class Scorer:
 
         self.net = CellNet(channels=s.channels)
         self.data = digits_data(s.image_size)
-        self.steps, self.chunk, self.batch, self.lr = config.search.steps_per_member, s.chunk, s.batch_size, s.learning_rate
         self.score_fn = self._train if self.kind == "train" else self._synflow
         self.unit = f"val accuracy after {self.steps} steps" if self.kind == "train" else "synflow score"
 
@@ -153,10 +239,37 @@ class Scorer:
             out.append(np.asarray(result["val_accuracy"]) * 100.0)
         return np.concatenate(out)[: len(codes)]
 
+    def _dense(self, codes, rng_seed: int) -> np.ndarray:
+        from train.nas.dense_population import train_dense_population
+
+        out = []
+        for i, chunk in enumerate(self._chunks(np.asarray(codes))):
+            result = train_dense_population(chunk, jax.random.fold_in(jax.random.PRNGKey(rng_seed), i), self.data, self.steps,
+                                            space=self.space, batch_size=self.batch, learning_rate=self.lr)
+            out.append(np.asarray(result["val_accuracy"]) * 100.0)
+        return np.concatenate(out)[: len(codes)]
+
+    def _hparams(self, codes, rng_seed: int) -> np.ndarray:
+        from train.nas.hparam_population import train_hyperparameters
+
+        result = train_hyperparameters(np.asarray(codes), jax.random.PRNGKey(rng_seed), self.data, self.steps, space=self.space,
+                                       genotype=self.genotype, pad_to=self.chunk)
+        return np.asarray(result["val_accuracy"]) * 100.0
+
     def _synflow(self, codes, rng_seed: int) -> np.ndarray:
         from train.nas.synflow import synflow_scores
 
         return np.concatenate([synflow_scores(c, jax.random.PRNGKey(rng_seed), net=self.net, image_size=self.data.train_images.shape[1]) for c in self._chunks(np.asarray(codes))])[: len(codes)]
+
+    def best_fields(self, code) -> dict:
+        """What best.json says about the best member: its description, and for hparams the values and the fixed cell."""
+        fields = describe_member(self.space, code)
+        if self.space_name == "hparams":
+            h, code = self.space, [int(c) for c in code]
+            fields["values"] = {"batch_size": h.batch_sizes[code[0]], "width": h.widths[code[1]],
+                                "learning_rate": h.learning_rates[code[2]], "weight_decay": h.weight_decays[code[3]]}
+            fields["genotype"] = genotype_to_string(self.genotype)
+        return fields
 
 
 # --------------------------------------------------------------------------------------- runs
@@ -180,6 +293,24 @@ def _write_rows(path: str, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _space_settings(config: dict) -> dict:
+    """``search.space`` and its config section, JSON-normalised (tuples as lists), from a config as a dict."""
+    space = config.get("search", {}).get("space", "cell")  # workdirs written before search.space searched cells
+    return json.loads(json.dumps({"space": space, "settings": config.get(space) if space != "cell" else None}))
+
+
+def check_same_space(config, workdir: str) -> None:
+    """Refuses to resume a workdir whose saved search is over another space or grid (its codes would not fit)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = _space_settings(json.load(f))
+    if saved != _space_settings(config.to_dict()):
+        raise SearchError(f"workdir {workdir} holds a search over search.space={saved['space']} with other settings; "
+                          f"use another --workdir for this search.space={config.search.space} search")
+
+
 def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, max_cycles: int | None = None, echo=print):
     """One strategy, one seed, resumable: returns its trimmed History."""
     run_dir = os.path.join(workdir, strategy, f"seed_{seed}")
@@ -190,7 +321,7 @@ def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, m
     state = None
     try:
         if manager.latest_step() is not None:
-            target = init_search(strategy, CELL_CHOICES, budget, config, seed)
+            target = init_search(strategy, scorer.space.num_choices, budget, config, seed)
             state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
             state = jax.tree.map(np.asarray, state)
             echo(f"{strategy} seed {seed}: resuming after {int(state.history.count)} evaluations")
@@ -200,13 +331,13 @@ def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, m
 
         def hook(new_state, codes, scores):
             cost = (time.time() - cycle_start[0]) / max(len(scores), 1)
-            rows.extend({"genotype": genotype_to_string(c), "score": float(s), "cost_s": round(cost, 4), "strategy": strategy, "seed": seed}
-                        for c, s in zip(codes, scores))
+            rows.extend({**describe_member(scorer.space, c), "score": float(s), "cost_s": round(cost, 4), "strategy": strategy,
+                         "seed": seed} for c, s in zip(codes, scores))
             _write_rows(history_path, rows)
             manager.save(len(rows), args=ocp.args.StandardSave(new_state), force=True)
             cycle_start[0] = time.time()
 
-        state, history = run_search(strategy, scorer.score_fn, CELL_CHOICES, budget, config, seed, state=state, hook=hook,
+        state, history = run_search(strategy, scorer.score_fn, scorer.space.num_choices, budget, config, seed, state=state, hook=hook,
                                     max_cycles=max_cycles)
     finally:
         manager.close()
@@ -215,8 +346,9 @@ def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, m
 
 def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: int | None = None, echo=print) -> dict:
     """Every strategy x seed (resuming any that stopped), then best.json, comparison.json and plots."""
-    os.makedirs(workdir, exist_ok=True)
+    check_same_space(config, workdir)
     scorer = Scorer(config)
+    os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(config.to_dict(), f, indent=2)
     results, best_overall = {}, None
@@ -225,16 +357,16 @@ def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: i
             started = time.time()
             state, history = run_one(strategy, seed, config, scorer, workdir, max_cycles=max_cycles, echo=echo)
             codes, scores = history.filled
-            if len(scores) < min(config.search.budget, 5**6 if strategy == "grid" else config.search.budget):
+            if len(scores) < min(config.search.budget, num_codes(scorer.space.num_choices) if strategy == "grid" else config.search.budget):
                 echo(f"{strategy} seed {seed}: stopped after {len(scores)} evaluations (max_cycles); run again to resume")
                 continue
             top = int(np.nanargmax(scores))
             results.setdefault(strategy, []).append(dict(seed=seed, best=float(scores[top]), codes=codes, scores=scores, state=state))
-            echo(f"{strategy} seed {seed}: best {scores[top]:.2f} ({scorer.unit}) {genotype_to_string(codes[top])}, "
+            echo(f"{strategy} seed {seed}: best {scores[top]:.2f} ({scorer.unit}) {scorer.space.describe(codes[top])}, "
                  f"{len(scores)} evaluated in {time.time() - started:.1f}s")
             if best_overall is None or scores[top] > best_overall["score"]:
-                best_overall = {"genotype": genotype_to_string(codes[top]), "score": float(scores[top]), "strategy": strategy, "seed": seed,
-                                "scorer": scorer.kind, "unit": scorer.unit}
+                best_overall = {**scorer.best_fields(codes[top]), "score": float(scores[top]), "strategy": strategy, "seed": seed,
+                                "scorer": scorer.kind, "unit": scorer.unit, "space": scorer.space_name}
     if best_overall is None:
         return {"complete": False}
     with open(os.path.join(workdir, "best.json"), "w") as f:
@@ -242,7 +374,7 @@ def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: i
     comparison = summarize_best({k: [r["best"] for r in v] for k, v in results.items()}, scorer.optimum)
     with open(os.path.join(workdir, "comparison.json"), "w") as f:
         json.dump({"scorer": scorer.kind, "optimum": scorer.optimum, "budget": config.search.budget, "strategies": comparison}, f, indent=2)
-    plots = plot_search(results, os.path.join(workdir, "plots"), scorer.unit)
+    plots = plot_search(results, os.path.join(workdir, "plots"), scorer.unit, op_frequency_plots=scorer.space_name == "cell")
     return {"complete": True, "best": best_overall, "comparison": comparison, "plots": plots}
 
 
@@ -257,8 +389,8 @@ def comparison_table(comparison: dict, optimum: float | None) -> list[str]:
     return lines
 
 
-def plot_search(results: dict, out_dir: str, unit: str) -> list[str]:
-    """best-so-far vs evaluations (mean over seeds per strategy) and the final population's per-edge op frequencies."""
+def plot_search(results: dict, out_dir: str, unit: str, *, op_frequency_plots: bool = True) -> list[str]:
+    """best-so-far vs evaluations (mean over seeds per strategy) and (cells) the final population's per-edge op frequencies."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,7 +414,7 @@ def plot_search(results: dict, out_dir: str, unit: str) -> list[str]:
     plt.close(fig)
 
     paths = [curve_path]
-    for strategy, runs in results.items():
+    for strategy, runs in results.items() if op_frequency_plots else ():
         final = np.concatenate([_final_population(r) for r in runs])
         fig, ax = plt.subplots(figsize=(6, 3.5))
         image = ax.imshow(op_frequencies(final), vmin=0, vmax=1, cmap="viridis")

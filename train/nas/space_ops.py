@@ -1,8 +1,9 @@
 """Random codes, one-decision mutation and enumeration over a space given as ``num_choices``.
 
-Generic over any product space (NAS-Bench-201 cell edges, dense-net choices, a hyperparameter grid);
-``arch.search_space`` offers the same for the cell space. The jax functions are jit/vmap-able with
-``num_choices`` static.
+Generic over any product space (NAS-Bench-201 cell edges, dense-net choices, a hyperparameter grid:
+``arch.search_space``'s spaces give ``num_choices`` and the meaning of a code). This is the one
+implementation of sampling and mutation, the one every strategy uses. The jax functions are
+jit/vmap-able with ``num_choices`` static.
 """
 
 from __future__ import annotations
