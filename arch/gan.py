@@ -107,7 +107,9 @@ class Generator(nn.Module):
                 x = _lrelu(ModulatedLayer(self.width, kernel_size=3, name=f"synthesis_{block}_{i}")(x, w))
             if resolution >= height:
                 break
-            x = jax.image.resize(x, (batch, 2 * resolution, 2 * resolution, self.width), "nearest")
+            # nearest-neighbour 2x upsampling, written as repeats (equal to jax.image.resize "nearest"
+            # at 2x) because jax2onnx's resize needs a constant batch and the export's batch is symbolic
+            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
             resolution, block = 2 * resolution, block + 1
         if resolution != height:
             x = jax.image.resize(x, (batch, height, height, self.width), "linear")

@@ -14,6 +14,7 @@ from bench import BenchmarkError
 SUITES: dict[str, str] = {
     "parallel": "bench.parallel",
     "nas": "bench.nas",
+    "infer": "bench.infer",
 }
 ALL = "all"
 

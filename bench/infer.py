@@ -1,0 +1,51 @@
+"""The ``infer`` suite: inference latency of the CNN and the Transformer per backend, batch 1 and 32.
+
+Backends: JAX jit, the TF SavedModel (jax2tf) and onnxruntime (jax2onnx, CPU EP, all graph
+optimisations); TensorRT is timed by ``launch.export --benchmark`` where an engine is built.
+Params are seeded random values of the default configs' shapes (latency does not depend on
+training), exported into a temporary directory. Each record: mean/std/p50/p95 ms and examples/s
+after warm-up, keyed ``<backend>@<batch>``; backends alternate per batch size.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from bench import BenchmarkError
+
+MODELS = ("cnn", "transformer")
+BATCHES = (1, 32)
+DEFAULT_REPEATS = 200
+
+
+def run_suite(repeats: int | None = None) -> dict:
+    try:
+        from deploy.checkpoint import jit_runner, random_inference_model
+        from deploy.latency import benchmark_backends
+        from deploy.onnx_export import export_onnx, onnxruntime_runner
+        from deploy.saved_model import export_saved_model, saved_model_runner
+    except ImportError as e:
+        raise BenchmarkError(f"the infer suite needs the export packages ({e.name} is missing): pip install -e '.[export]'") from None
+    from train.config import get_config
+
+    results = {}
+    for name in MODELS:
+        model = random_inference_model(get_config(name))
+        with tempfile.TemporaryDirectory(prefix=f"infer-{name}-") as tmp:
+            backends = {
+                "jax_jit": jit_runner(model),
+                "tf_saved_model": saved_model_runner(model, export_saved_model(model, f"{tmp}/saved_model")),
+                "onnxruntime": (export_onnx(model, f"{tmp}/model.onnx"), onnxruntime_runner(model, f"{tmp}/model.onnx"))[1],
+            }
+            inputs = {b: model.input_batch(b) for b in BATCHES}
+            results[name] = benchmark_backends(backends, inputs, repeats=repeats or DEFAULT_REPEATS)
+    return results
+
+
+def markdown_table(result: dict) -> list[str]:
+    from deploy.latency import latency_table
+
+    rows = []
+    for name, records in result.items():
+        rows += ([""] if rows else []) + latency_table(name, records)
+    return rows

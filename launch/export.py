@@ -1,0 +1,75 @@
+"""python -m launch.export --workdir=RUN [--formats=saved_model,onnx,tensorrt] [--out=DIR] [--batch=1,8,32]
+
+Exit status: 0 every requested format written and within tolerance; 2 bad input (no run or
+checkpoint, unknown format, bad --batch, a model jax2onnx cannot convert); 1 a format over its
+parity tolerance (named on the one error line; the report is still written); 3 the other formats
+passed but TensorRT was skipped because the tensorrt package or an NVIDIA GPU is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from launch.cli import OneLineParser, fail, quiet_logs
+
+TENSORRT_SKIPPED = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(
+        prog="python -m launch.export",
+        description="Export a training run's latest checkpoint to TF SavedModel (jax2tf), ONNX (jax2onnx) and TensorRT, "
+                    "each checked against JAX on a fixed seeded batch at two batch sizes (OUT/export_report.json).",
+        epilog="exit status: 0 ok, 1 a format over its parity tolerance, 2 bad input, 3 TensorRT skipped (no package/GPU), others ok",
+    )
+    parser.add_argument("--workdir", required=True, help="a run directory written by launch.train")
+    parser.add_argument("--formats", default="saved_model,onnx,tensorrt", help="comma-separated: saved_model, onnx, tensorrt")
+    parser.add_argument("--out", default=None, help="output directory (default WORKDIR/export); artifacts are replaced atomically")
+    parser.add_argument("--batch", default="1,8,32", help="min,opt,max batch: TensorRT's profile; parity runs at min and max")
+    parser.add_argument("--precision", default="fp32,fp16", help="TensorRT engine precisions: fp32, fp16")
+    parser.add_argument("--benchmark", action="store_true", help="also time every backend at the min and max batch (report's infer section)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+
+    from deploy import ExportError, ParityError
+    from deploy.pipeline import export_run, parse_batches, parse_formats, parse_precisions
+
+    try:
+        formats = parse_formats(args.formats)
+        batches = parse_batches(args.batch)
+        precisions = parse_precisions(args.precision)
+    except ExportError as e:
+        fail(str(e))
+    if not os.path.isdir(args.workdir):
+        fail(f"workdir {args.workdir!r} does not exist")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        fail(f"--out {args.out!r} is a file, not a directory")
+
+    quiet_logs()
+    import logging
+
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # jax2onnx's serializer warns about untyped shape constants
+    from train.checkpoint import CheckpointError
+
+    notify = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        report = export_run(args.workdir, args.out, formats, batches, precisions, benchmark=args.benchmark, notify=notify)
+    except ParityError as e:
+        fail(str(e), code=1)
+    except (ExportError, CheckpointError) as e:
+        fail(str(e))
+    print("\n".join(report["table"]))
+    if "infer" in report:
+        from deploy.latency import latency_table
+
+        for name, results in report["infer"].items():
+            print("\n".join(["", *latency_table(name, results)]))
+    print(f"wrote {os.path.join(report['out'], 'export_report.json')}", file=sys.stderr)
+    trt = report["formats"].get("tensorrt", {})
+    if trt.get("status") == "skipped":
+        return TENSORRT_SKIPPED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
