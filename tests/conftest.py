@@ -56,6 +56,23 @@ def cli_env() -> dict:
     return env
 
 
+def run_cli(*args, timeout=300):
+    """``python -m ARGS`` in a fresh process, as a user runs it (see :func:`cli_env`)."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments, code=2):
+    """Bad input: exit ``code``, exactly one non-empty stderr line, no traceback, naming each fragment."""
+    assert proc.returncode == code, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 @pytest.fixture
 def python():
     return sys.executable

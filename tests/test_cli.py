@@ -10,26 +10,11 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, cli_env, tiny_cli_flags
-
-
-def run_cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout
-    )
+from conftest import REPO, assert_one_line_error, cli_env, run_cli, tiny_cli_flags
 
 
 def train(workdir, **overrides):
     return run_cli("launch.train", "--model=transformer", f"--workdir={workdir}", "--no_progress", *tiny_cli_flags(**overrides))
-
-
-def assert_one_line_error(proc, *fragments, code=2):
-    assert proc.returncode == code, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def tree_digest(path):

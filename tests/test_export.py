@@ -8,13 +8,12 @@ export packages are not installed.
 
 import json
 import os
-import subprocess
 import sys
 import types
 
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, tiny_config
+from conftest import assert_one_line_error, run_cli, tiny_config
 
 EXPORT_PACKAGES = ("tensorflow", "jax2onnx", "onnx", "onnxruntime")
 
@@ -27,19 +26,6 @@ def _missing_export_packages():
 
 needs_export = pytest.mark.skipif(bool(_missing_export_packages()),
                                   reason=f"export packages not installed ({', '.join(_missing_export_packages())}): pip install -e '.[export]'")
-
-
-def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_error(proc, *fragments, code=2):
-    assert proc.returncode == code, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ------------------------------------------------------------------------- every family, in process
