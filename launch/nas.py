@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", required=True, choices=STRATEGY_CHOICES,
                         help=f"search strategy; all = {', '.join(COMPARED)} over search.seeds seeds, compared")
     parser.add_argument("--workdir", default=None, help="run directory (default runs/nas_<strategy>); the same one again resumes")
+    parser.add_argument("--coordinator", default="", help="with --config.parallel.distributed=explicit: process 0's HOST:PORT (or JAX_COORDINATOR_ADDRESS)")
+    parser.add_argument("--num_processes", type=int, default=None, help="with distributed=explicit: how many processes (or JAX_NUM_PROCESSES)")
+    parser.add_argument("--process_id", type=int, default=None, help="with distributed=explicit: this process's index, 0-based (or JAX_PROCESS_ID)")
     args = parser.parse_args(flags)
     try:
         config = apply_nas_overrides(nas_config(), overrides)
@@ -36,13 +39,21 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_logs()
     from train.loop import WorkdirError, check_workdir
+    from train.parallel import MeshError, initialize_distributed
 
     try:
+        p = config.parallel
+        started = initialize_distributed(p.distributed, coordinator=args.coordinator, num_processes=args.num_processes,
+                                         process_id=args.process_id, heartbeat_timeout_s=p.heartbeat_timeout_s)
+        if not started.startswith("single"):
+            print(f"jax.distributed: {started}", flush=True)
         workdir = check_workdir(workdir)
         summary = run_strategies(config, strategies, workdir)
-    except (SearchError, WorkdirError) as e:
+    except (SearchError, WorkdirError, MeshError) as e:
         fail(str(e))
-    if summary["complete"]:
+    import jax
+
+    if summary["complete"] and jax.process_index() == 0:
         best = summary["best"]
         print(f"best: {best.get('member', best.get('genotype'))} ({best['unit']} {best['score']:.2f}, {best['strategy']} seed {best['seed']})")
         print("\n".join(comparison_table(summary["comparison"], None if config.scorer.kind != "table" else _optimum(workdir))))

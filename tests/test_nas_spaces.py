@@ -116,8 +116,9 @@ def test_hyperparameter_calls_are_padded_and_repeats_trained_once(monkeypatch, d
 
     calls = []
 
-    def fake_train_population(codes, rng, data, steps, *, net, batch_size, learning_rate, weight_decay, params):
+    def fake_train_population(codes, rng, data, steps, *, net, batch_size, learning_rate, weight_decay, params, devices):
         calls.append((batch_size, net.channels, len(codes)))
+        assert devices == 1
         assert len(learning_rate) == len(weight_decay) == len(codes) == len(params["head"])
         return {"losses": np.tile(learning_rate + weight_decay, (steps, 1)), "val_accuracy": learning_rate * 10 + net.channels}
 

@@ -40,21 +40,23 @@ def shared_init(rng: jax.Array, width: int, size: int, in_channels: int = 1, num
 
 
 def train_hyperparameters(codes, rng: jax.Array, data: PopulationData, steps: int, *, space: HyperparameterSpace, genotype,
-                          pad_to: int = 1) -> dict:
+                          pad_to: int = 1, devices: int = 1) -> dict:
     """Trains the fixed ``genotype [6]`` with each member's hyperparameters (``codes [P, 4]``); one
     ``train_population`` call per (batch size, width), its size padded to a multiple of ``pad_to``
     (copies of its first member, so recurring group sizes reuse one compiled program). A setting
     that repeats is trained once, so no group outgrows ``len(learning_rates) * len(weight_decays)``.
 
     ``rng`` goes to every call as is (so all groups see the same data stream) and seeds
-    :func:`shared_init`. Returns ``{"losses": [steps, P], "val_accuracy": [P], "calls": [(batch_size,
+    :func:`shared_init`. ``devices``: split each call's members over that many devices (must divide
+    every padded size, e.g. divide ``pad_to``). Returns ``{"losses": [steps, P], "val_accuracy": [P], "calls": [(batch_size,
     width, padded size), ...]}``.
     """
     codes = np.atleast_2d(np.asarray(codes, np.int32))
     if len(np.unique(codes, axis=0)) < len(codes):  # a repeated setting trains exactly like its first copy: train it once
         unique, first, inverse = np.unique(codes, axis=0, return_index=True, return_inverse=True)
         order = np.argsort(first)  # keep the order of first appearance
-        result = train_hyperparameters(unique[order], rng, data, steps, space=space, genotype=genotype, pad_to=pad_to)
+        result = train_hyperparameters(unique[order], rng, data, steps, space=space, genotype=genotype, pad_to=pad_to,
+                                       devices=devices)
         rows = np.argsort(order)[inverse.reshape(-1)]
         return {"losses": result["losses"][:, rows], "val_accuracy": result["val_accuracy"][rows], "calls": result["calls"]}
     genotype = np.asarray(genotype, np.int32)
@@ -70,7 +72,7 @@ def train_hyperparameters(codes, rng: jax.Array, data: PopulationData, steps: in
             np.repeat(genotype[None], size, axis=0), rng, data, steps,
             net=CellNet(channels=width, in_channels=in_channels, num_classes=num_classes), batch_size=batch_size,
             learning_rate=values["learning_rate"][rows], weight_decay=values["weight_decay"][rows],
-            params=shared_init(rng, width, size, in_channels, num_classes))
+            params=shared_init(rng, width, size, in_channels, num_classes), devices=devices)
         losses[:, members] = np.asarray(result["losses"])[:, : len(members)]
         accuracy[members] = np.asarray(result["val_accuracy"])[: len(members)]
         calls.append((batch_size, width, size))

@@ -95,7 +95,7 @@ def estimate_memory_bytes(chunk: int, *, batch_size: int, val_size: int, image_s
 
 def available_memory_bytes(device: jax.Device | None = None) -> int:
     """The device's memory limit (accelerators) or the host's available memory (CPU)."""
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
@@ -218,6 +218,10 @@ def train_population(codes, rng: jax.Array, data: PopulationData, steps: int, *,
         params, jnp.asarray(codes_in), dispatch, data_rng, data, learning_rate, weight_decay,
         steps=steps, batch_size=batch_size, chunked=chunked,
     )
+    if not accuracy.is_fully_addressable:  # members on other hosts: every process gets every member's results
+        from jax.experimental import multihost_utils
+
+        losses, accuracy = multihost_utils.process_allgather((losses, accuracy), tiled=True)
     if chunked:
         unstack = lambda x: x.reshape((-1,) + x.shape[2:])[:size]
         params, accuracy = jax.tree.map(unstack, params), unstack(accuracy)

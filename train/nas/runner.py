@@ -55,8 +55,12 @@ def nas_config() -> ml_collections.ConfigDict:
     c.scorer.channels = 16
     c.scorer.batch_size = 32
     c.scorer.learning_rate = 1e-2
-    c.scorer.chunk = 8  # members trained together: every call is padded to a multiple (one compiled shape)
+    c.scorer.chunk = 8  # members trained together (lax.map over chunks in one program); calls are padded to a multiple
+    c.scorer.devices = 1  # devices each chunk's members are split over (a "population" mesh axis; must divide scorer.chunk)
     c.search.space = "cell"  # cell | dense | hparams
+    c.parallel = ml_collections.ConfigDict()  # multi-host: as launch.train (train.parallel.initialize_distributed)
+    c.parallel.distributed = "auto"  # auto | off | explicit (--coordinator, --num_processes, --process_id)
+    c.parallel.heartbeat_timeout_s = 30
     dense, hparams = DenseSpace(), HyperparameterSpace()
     c.dense = ml_collections.ConfigDict()  # search.space=dense: MLPs on flattened digits (scorer.batch_size, learning_rate)
     c.dense.max_depth = dense.max_depth
@@ -82,7 +86,7 @@ def apply_nas_overrides(config: ml_collections.ConfigDict, overrides: dict[str, 
         section, _, field = key.rpartition(".")
         node = config[section] if section in config else None
         if node is None or not isinstance(node, ml_collections.ConfigDict) or field not in node:
-            valid = [f"{s}.{k}" for s in ("search", "scorer", "dense", "hparams") for k in sorted(config[s].keys())] + ["seed"]
+            valid = [f"{s}.{k}" for s in ("search", "scorer", "dense", "hparams", "parallel") for k in sorted(config[s].keys())] + ["seed"]
             if key != "seed":
                 raise SearchError(f"unknown config key config.{key}; valid: {', '.join(valid)}")
             config.seed = int(raw)
@@ -105,9 +109,15 @@ def validate_nas_config(config) -> None:
         raise SearchError(f"scorer.kind must be one of {', '.join(SCORERS)} (got {s.kind!r})")
     if s.kind == "table" and not s.table:
         raise SearchError("scorer.kind=table needs --config.scorer.table=PATH (a CSV/JSON of NAS-Bench-201 arch strings -> accuracy)")
-    for name in ("image_size", "channels", "batch_size", "chunk"):
+    for name in ("image_size", "channels", "batch_size", "chunk", "devices"):
         if s[name] < 1:
             raise SearchError(f"scorer.{name} must be >= 1 (got {s[name]})")
+    if s.chunk % s.devices:
+        raise SearchError(f"scorer.devices={s.devices} must divide scorer.chunk={s.chunk} (each chunk's members are split evenly)")
+    if s.devices > 1:
+        if config.search.space == "dense" or s.kind != "train":
+            raise SearchError(f"scorer.devices > 1 shards trained cell populations (search.space=cell|hparams, scorer.kind=train); "
+                              f"got search.space={config.search.space}, scorer.kind={s.kind}")
     if s.image_size % 4:
         raise SearchError(f"scorer.image_size must be divisible by 4 (the head's 4x4 grid); got {s.image_size}")
     if s.learning_rate <= 0:
@@ -159,26 +169,17 @@ def describe_member(space, code) -> dict:
     return {"member": space.describe(code), "code": [int(c) for c in code]}
 
 
-def _memory_bytes() -> int:
+def check_scorer_fits(config, data, *, members: int, batch_size: int, channels: int) -> None:
+    """The population's own memory estimate (``train.nas.population.check_chunk_fits``) for one
+    scorer chunk, as a SearchError naming the config keys to lower."""
+    from train.nas.population import PopulationMemoryError, check_chunk_fits
+
+    s = config.scorer
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 40
-
-
-def check_chunk_fits(scorer, *, batch_size: int | None = None, channels: int | None = None, members: int | None = None) -> None:
-    """Refuses a population chunk whose training program would not fit in memory (rough upper bound:
-    ~60 activation-sized buffers per member, im2col patches and gradients included). The keywords
-    replace the scorer's values (a hyperparameter search's largest batch, width and group)."""
-    batch_size, channels = batch_size or scorer.batch_size, channels or scorer.channels
-    members = members or scorer.chunk
-    per_member = batch_size * scorer.image_size**2 * channels * 4 * 60
-    needed, have = members * per_member, _memory_bytes()
-    if needed > 0.5 * have:
-        raise SearchError(
-            f"a population of {members} cells (batch {batch_size}, width {channels}) needs about {needed / 2**30:.1f} GiB for one "
-            f"step but this machine has {have / 2**30:.1f} GiB; lower scorer.chunk (or the batch size / width)"
-        )
+        check_chunk_fits(members, batch_size=batch_size, val_size=int(data.val_images.shape[0]), image_size=s.image_size,
+                         channels=channels, devices=s.devices)
+    except PopulationMemoryError as e:
+        raise SearchError(f"{e} (--config.scorer.chunk, or the batch size / width)") from None
 
 
 class Scorer:
@@ -188,6 +189,10 @@ class Scorer:
         s, self.kind, self.optimum = config.scorer, config.scorer.kind, None
         self.space_name, self.space = config.search.space, make_space(config)
         self.steps, self.chunk, self.batch, self.lr = config.search.steps_per_member, s.chunk, s.batch_size, s.learning_rate
+        self.devices = s.devices
+        if self.devices > jax.device_count():  # checked here, not in validate_nas_config: jax.distributed must start first
+            raise SearchError(f"scorer.devices={self.devices} but {jax.device_count()} devices are visible "
+                              f"(on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
         if self.space_name == "dense":
             from train.nas.population import digits_data
 
@@ -199,9 +204,10 @@ class Scorer:
 
             h = self.space
             group = len(h.learning_rates) * len(h.weight_decays)  # the largest population one shape can have in a batch
-            check_chunk_fits(s, batch_size=max(h.batch_sizes), channels=max(h.widths), members=-(-group // s.chunk) * s.chunk)
             self.genotype = genotype_from_string(config.hparams.genotype)
             self.data = digits_data(s.image_size)
+            check_scorer_fits(config, self.data, members=-(-group // s.chunk) * s.chunk, batch_size=max(h.batch_sizes),
+                              channels=max(h.widths))
             self.score_fn, self.unit = self._hparams, f"val accuracy after {self.steps} steps"
             return
         if self.kind == "table":
@@ -214,12 +220,13 @@ class Scorer:
             self.optimum = float(self.table.optimum)
             self.score_fn, self.unit = self.table.score_fn, "table accuracy"
             return
-        check_chunk_fits(s)
         from arch.nas_cell import CellNet
         from train.nas.population import digits_data
 
         self.net = CellNet(channels=s.channels)
         self.data = digits_data(s.image_size)
+        if self.kind == "train":
+            check_scorer_fits(config, self.data, members=s.chunk, batch_size=s.batch_size, channels=s.channels)
         self.score_fn = self._train if self.kind == "train" else self._synflow
         self.unit = f"val accuracy after {self.steps} steps" if self.kind == "train" else "synflow score"
 
@@ -230,14 +237,15 @@ class Scorer:
         return [padded[i : i + self.chunk] for i in range(0, len(padded), self.chunk)]
 
     def _train(self, codes, rng_seed: int) -> np.ndarray:
+        """One ``train_population`` program for the whole batch: ``scorer.chunk`` members at a time
+        by ``lax.map`` inside it, each chunk split over ``scorer.devices`` devices."""
         from train.nas.population import train_population
 
-        out = []
-        for i, chunk in enumerate(self._chunks(np.asarray(codes))):
-            result = train_population(chunk, jax.random.fold_in(jax.random.PRNGKey(rng_seed), i), self.data, self.steps, net=self.net,
-                                      batch_size=self.batch, learning_rate=self.lr)
-            out.append(np.asarray(result["val_accuracy"]) * 100.0)
-        return np.concatenate(out)[: len(codes)]
+        codes = np.asarray(codes)
+        padded = np.concatenate(self._chunks(codes))  # whole chunks: a batch size that recurs reuses its compiled program
+        result = train_population(padded, jax.random.PRNGKey(rng_seed), self.data, self.steps, net=self.net,
+                                  batch_size=self.batch, learning_rate=self.lr, chunk=self.chunk, devices=self.devices)
+        return np.asarray(result["val_accuracy"])[: len(codes)] * 100.0
 
     def _dense(self, codes, rng_seed: int) -> np.ndarray:
         from train.nas.dense_population import train_dense_population
@@ -253,7 +261,7 @@ class Scorer:
         from train.nas.hparam_population import train_hyperparameters
 
         result = train_hyperparameters(np.asarray(codes), jax.random.PRNGKey(rng_seed), self.data, self.steps, space=self.space,
-                                       genotype=self.genotype, pad_to=self.chunk)
+                                       genotype=self.genotype, pad_to=self.chunk, devices=self.devices)
         return np.asarray(result["val_accuracy"]) * 100.0
 
     def _synflow(self, codes, rng_seed: int) -> np.ndarray:
@@ -311,6 +319,11 @@ def check_same_space(config, workdir: str) -> None:
                           f"use another --workdir for this search.space={config.search.space} search")
 
 
+def _writes_files() -> bool:
+    """Process 0 writes history, config, best, comparison and plots (every process runs the same search)."""
+    return jax.process_index() == 0
+
+
 def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, max_cycles: int | None = None, echo=print):
     """One strategy, one seed, resumable: returns its trimmed History."""
     run_dir = os.path.join(workdir, strategy, f"seed_{seed}")
@@ -326,14 +339,16 @@ def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, m
             state = jax.tree.map(np.asarray, state)
             echo(f"{strategy} seed {seed}: resuming after {int(state.history.count)} evaluations")
         rows = _history_rows(history_path)[: 0 if state is None else int(state.history.count)]
-        _write_rows(history_path, rows)  # drop rows of a cycle whose checkpoint was never written
+        if _writes_files():
+            _write_rows(history_path, rows)  # drop rows of a cycle whose checkpoint was never written
         cycle_start = [time.time()]
 
         def hook(new_state, codes, scores):
             cost = (time.time() - cycle_start[0]) / max(len(scores), 1)
             rows.extend({**describe_member(scorer.space, c), "score": float(s), "cost_s": round(cost, 4), "strategy": strategy,
                          "seed": seed} for c, s in zip(codes, scores))
-            _write_rows(history_path, rows)
+            if _writes_files():
+                _write_rows(history_path, rows)
             manager.save(len(rows), args=ocp.args.StandardSave(new_state), force=True)
             cycle_start[0] = time.time()
 
@@ -349,8 +364,9 @@ def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: i
     check_same_space(config, workdir)
     scorer = Scorer(config)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
+    if _writes_files():
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2)
     results, best_overall = {}, None
     for strategy in strategies:
         for seed in range(config.seed, config.seed + config.search.seeds):
@@ -369,9 +385,11 @@ def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: i
                                 "scorer": scorer.kind, "unit": scorer.unit, "space": scorer.space_name}
     if best_overall is None:
         return {"complete": False}
+    comparison = summarize_best({k: [r["best"] for r in v] for k, v in results.items()}, scorer.optimum)
+    if not _writes_files():  # processes > 0 of a multi-host search computed the same results; process 0 writes them
+        return {"complete": True, "best": best_overall, "comparison": comparison, "plots": []}
     with open(os.path.join(workdir, "best.json"), "w") as f:
         json.dump(best_overall, f, indent=2)
-    comparison = summarize_best({k: [r["best"] for r in v] for k, v in results.items()}, scorer.optimum)
     with open(os.path.join(workdir, "comparison.json"), "w") as f:
         json.dump({"scorer": scorer.kind, "optimum": scorer.optimum, "budget": config.search.budget, "strategies": comparison}, f, indent=2)
     plots = plot_search(results, os.path.join(workdir, "plots"), scorer.unit, op_frequency_plots=scorer.space_name == "cell")
