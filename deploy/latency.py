@@ -13,33 +13,50 @@ from typing import Callable
 import numpy as np
 
 
-def time_backend(run: Callable[[np.ndarray], object], x: np.ndarray, *, warmup: int = 5, repeats: int = 50,
-                 min_seconds: float = 0.0) -> dict:
-    """Times ``run(x)``: ``warmup`` untimed calls, then ``repeats`` timed ones (more until ``min_seconds``)."""
-    for _ in range(warmup):
-        run(x)
+def _record(times: list[float], batch: int) -> dict:
+    ms = np.asarray(times) * 1e3
+    return {"batch": batch, "mean_ms": float(ms.mean()), "std_ms": float(ms.std()), "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)), "throughput": float(batch / (np.median(ms) / 1e3)), "repeats": len(times)}
+
+
+def _timed_calls(run: Callable[[np.ndarray], object], x: np.ndarray, repeats: int, min_seconds: float = 0.0) -> list[float]:
     times = []
     start = time.perf_counter()
     while len(times) < repeats or time.perf_counter() - start < min_seconds:
         t0 = time.perf_counter()
         run(x)
         times.append(time.perf_counter() - t0)
-    ms = np.asarray(times) * 1e3
-    batch = int(x.shape[0])
-    return {"batch": batch, "mean_ms": float(ms.mean()), "std_ms": float(ms.std()), "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "throughput": float(batch / (np.median(ms) / 1e3)), "repeats": len(times)}
+    return times
+
+
+def time_backend(run: Callable[[np.ndarray], object], x: np.ndarray, *, warmup: int = 5, repeats: int = 50,
+                 min_seconds: float = 0.0) -> dict:
+    """Times ``run(x)``: ``warmup`` untimed calls, then ``repeats`` timed ones (more until ``min_seconds``)."""
+    for _ in range(warmup):
+        run(x)
+    return _record(_timed_calls(run, x, repeats, min_seconds), int(x.shape[0]))
 
 
 def benchmark_backends(backends: dict[str, Callable], inputs: dict[int, np.ndarray], *, warmup: int = 20,
-                       repeats: int = 200) -> dict[str, dict]:
+                       repeats: int = 200, rounds: int = 5) -> dict[str, dict]:
     """``{"<backend>@<batch>": record}`` for every backend and batch size.
 
-    Backends are timed in turn per batch size, so all of them see the same machine state.
+    Per batch size, the backends take turns: ``rounds`` passes over all of them, each timing
+    ``repeats / rounds`` calls, so a burst of load on a shared machine falls on every backend
+    alike instead of on whichever ran during it.
     """
     results = {}
     for batch, x in inputs.items():
-        for name, run in backends.items():
-            results[f"{name}@{batch}"] = time_backend(run, x, warmup=warmup, repeats=repeats)
+        for run in backends.values():
+            for _ in range(warmup):
+                run(x)
+        times: dict[str, list[float]] = {name: [] for name in backends}
+        turns = min(rounds, repeats)
+        for turn in range(turns):
+            for name, run in backends.items():
+                times[name] += _timed_calls(run, x, repeats // turns + (turn < repeats % turns))
+        for name in backends:
+            results[f"{name}@{batch}"] = _record(times[name], int(x.shape[0]))
     return results
 
 

@@ -361,3 +361,14 @@ def test_latency_records_follow_the_infer_layout():
         assert record["batch"] == int(key.split("@")[1]) and record["p50_ms"] <= record["p95_ms"] and record["throughput"] > 0
     rows = markdown_table({"cnn": results})
     assert rows[0].startswith("| cnn | batch |") and len(rows) == 6 and rows[2].startswith("| jax_jit | 1 |")
+
+
+def test_backends_take_turns_and_each_gets_its_repeats():
+    from deploy.latency import benchmark_backends
+
+    calls = []
+    backends = {"a": lambda x: calls.append("a"), "b": lambda x: calls.append("b")}
+    results = benchmark_backends(backends, {1: np.ones((1, 2), np.float32)}, warmup=2, repeats=7, rounds=3)
+    assert results["a@1"]["repeats"] == results["b@1"]["repeats"] == 7
+    timed = "".join(calls[4:])  # after 2 warm-up calls each
+    assert timed == "aaa" "bbb" "aa" "bb" "aa" "bb"  # 7 = 3 + 2 + 2 calls per turn, backends alternating
