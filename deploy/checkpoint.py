@@ -56,11 +56,32 @@ class InferenceModel:
         return rng.uniform(0.0, 1.0, shape).astype(self.input_dtype)
 
 
+def unrolled(config, params):
+    """A scan-over-layers run as the same model unrolled: ``layers/<leaf> [L, ...]`` becomes
+    ``layer_<i>/<leaf>``, and ``model.scan_layers`` false.
+
+    Scanning layers is a compile-time device of training; the exported graph is the same
+    computation either way, and unrolled it needs no ONNX ``Loop`` (jax2onnx 0.17 cannot convert
+    the scanned block under a symbolic batch: its reshapes see a traced shape).
+    """
+    import ml_collections
+
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.scan_layers = False
+    params = dict(params)
+    stacked = params.pop("layers")
+    for i in range(int(config.model.num_layers)):
+        params[f"layer_{i}"] = jax.tree.map(lambda leaf: leaf[i], stacked)
+    return config, params
+
+
 def inference_model(config, params, model_state, step: int, example_shape: tuple[int, ...], example_dtype: str) -> InferenceModel:
     """Builds the inference function of a restored run (see the module docstring)."""
     from arch import get_model_spec
 
     spec = get_model_spec(config.model_name)
+    if config.model.get("scan_layers"):
+        config, params = unrolled(config, params)
     module = spec.make_module(config.model)
     variables = {"params": params, **dict(model_state or {})}
     name = config.model_name

@@ -38,6 +38,7 @@ FAMILIES = {
     "nas_cell": ("nas_cell", dict(data__image_size=8), {"channels": 4}),
     "dehaze": ("dehaze", dict(data__image_size=8), {"width": 8}),
     "transformer": ("transformer", {}, {}),
+    "transformer_scan": ("transformer", {}, {"scan_layers": True}),  # exported unrolled (deploy.checkpoint.unrolled)
     "lstm": ("lstm", dict(data__seq_len=8), {"hidden": 16, "embed_dim": 8}),
     "gru": ("gru", dict(data__seq_len=8), {"hidden": 16, "embed_dim": 8}),
     "rnn": ("rnn", dict(data__seq_len=8), {"hidden": 16, "embed_dim": 8}),
@@ -92,6 +93,24 @@ def test_family_round_trips_to_saved_model_and_onnx(family, tmp_path):
         assert record["max_abs"] <= 1e-5 * max(1.0, max(r["ref_scale"] for r in record["batches"].values()))
         got = run(inputs[5])
         assert [y.shape[0] for y in got] == [5] * len(model.output_names)
+
+
+def test_scanned_transformer_exports_as_the_same_function_unrolled():
+    """The scan-over-layers params, unstacked into layer_<i>, give the scanned model's logits."""
+    import jax
+
+    from arch import get_model_spec
+    from deploy.checkpoint import inference_model, jit_runner
+
+    config = tiny_config("transformer", model__scan_layers="true")
+    module = get_model_spec("transformer").make_module(config.model)
+    tokens = np.random.default_rng(0).integers(0, 256, (3, 32)).astype(np.int32)
+    params = jax.tree.map(np.asarray, module.init(jax.random.PRNGKey(0), tokens)["params"])
+    assert "layers" in params and "layer_0" not in params
+    expected = np.asarray(module.apply({"params": params}, tokens))
+    model = inference_model(config, params, {}, 0, tokens.shape, "int32")
+    assert set(model.variables["params"]) >= {"layer_0", "layer_1"} and "layers" not in model.variables["params"]
+    np.testing.assert_allclose(jit_runner(model)(tokens)[0], expected, rtol=1e-5, atol=1e-5)
 
 
 # -------------------------------------------------------------------------------- the CLI, end to end
