@@ -1,10 +1,10 @@
 """The ``infer`` suite: inference latency of the CNN and the Transformer per backend, batch 1 and 32.
 
 Backends: JAX jit, the TF SavedModel (jax2tf) and onnxruntime (jax2onnx, CPU EP, all graph
-optimisations); TensorRT is timed by ``launch.export --benchmark`` where an engine is built.
+optimisations; with its default thread pool and with one intra-op thread); TensorRT is timed by ``launch.export --benchmark`` where an engine is built.
 Params are seeded random values of the default configs' shapes (latency does not depend on
 training), exported into a temporary directory. Each record: mean/std/p50/p95 ms and examples/s
-after warm-up, keyed ``<backend>@<batch>``; backends alternate per batch size.
+after warm-up, keyed ``<backend>@<batch>``; per batch size the backends take turns (deploy.latency).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def run_suite(repeats: int | None = None) -> dict:
                 "jax_jit": jit_runner(model),
                 "tf_saved_model": saved_model_runner(model, export_saved_model(model, f"{tmp}/saved_model")),
                 "onnxruntime": (export_onnx(model, f"{tmp}/model.onnx"), onnxruntime_runner(model, f"{tmp}/model.onnx"))[1],
+                # one intra-op thread: no thread-pool hand-off per op, which a small model's batch-1 call is dominated by
+                "onnxruntime_1thread": onnxruntime_runner(model, f"{tmp}/model.onnx", threads=1),
             }
             inputs = {b: model.input_batch(b) for b in BATCHES}
             results[name] = benchmark_backends(backends, inputs, repeats=repeats or DEFAULT_REPEATS)

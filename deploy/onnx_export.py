@@ -21,6 +21,7 @@ from deploy.checkpoint import InferenceModel
 
 ONNX_OPSET = 21  # onnxruntime >= 1.20 and TensorRT 10's parser both read it
 BATCH_DIM = "B"
+NORMALIZATION_MODE = "prefer_native"
 
 
 def convert_to_onnx(model: InferenceModel):
@@ -33,7 +34,7 @@ def convert_to_onnx(model: InferenceModel):
     spec = jax.ShapeDtypeStruct((batch, *model.input_shape), np.dtype(model.input_dtype))
     fn = lambda x: model.apply(model.variables, x)  # noqa: E731 (variables become initializers)
     try:
-        proto = to_onnx(fn, [spec], model_name=model.model_name, opset=ONNX_OPSET,
+        proto = to_onnx(fn, [spec], model_name=model.model_name, opset=ONNX_OPSET, normalization_mode=NORMALIZATION_MODE,
                         input_names=[model.input_name], output_names=list(model.output_names))
     except NotImplementedError as e:
         found = re.search(r"primitive '([^']+)'", str(e))
