@@ -89,7 +89,7 @@ def _mlp_module(model_config, decode: bool = False) -> nn.Module:
 
     c = model_config
     return MLP(hidden=tuple(c.hidden), num_classes=c.num_classes, activation=c.activation, dropout_rate=c.dropout_rate,
-               dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
+               dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
 
 
 def _cnn_module(model_config, decode: bool = False) -> nn.Module:
@@ -97,7 +97,7 @@ def _cnn_module(model_config, decode: bool = False) -> nn.Module:
 
     c = model_config
     return CNN(channels=tuple(c.channels), dense=c.dense, num_classes=c.num_classes, activation=c.activation,
-               dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
+               dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
 
 
 _PRECISION = dict(dtype="float32", param_dtype="float32")
@@ -109,13 +109,13 @@ def _resnet_module(depth: int):
 
         c = model_config
         return ResNet(depth=depth, num_classes=c.num_classes, width=c.width, stem=c.stem, bn_momentum=c.bn_momentum,
-                      dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
+                      dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
 
     return make
 
 
 def _resnet_defaults() -> dict[str, Any]:
-    return dict(num_classes=10, width=16, stem="cifar", bn_momentum=0.9, **_PRECISION)
+    return dict(num_classes=10, width=16, stem="cifar", bn_momentum=0.9, quant="none", **_PRECISION)
 
 
 def _recurrent_module(kind: str):
@@ -225,12 +225,12 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "mlp": ModelSpec(
         "mlp", _mlp_module,
-        lambda: dict(hidden=(256, 256), num_classes=10, activation="relu", dropout_rate=0.1, **_PRECISION),
+        lambda: dict(hidden=(256, 256), num_classes=10, activation="relu", dropout_rate=0.1, quant="none", **_PRECISION),
         "classification", _image_input,
     ),
     "cnn": ModelSpec(
         "cnn", _cnn_module,
-        lambda: dict(channels=(32, 64), dense=128, num_classes=10, activation="relu", dropout_rate=0.1, **_PRECISION),
+        lambda: dict(channels=(32, 64), dense=128, num_classes=10, activation="relu", dropout_rate=0.1, quant="none", **_PRECISION),
         "classification", _image_input,
     ),
     **{

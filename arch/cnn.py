@@ -8,12 +8,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import logical_dense, logical_init
+from arch.layers import logical_init
 from arch.mlp import activation
+from arch.quant import conv_cls, quant_dense
 
 
 class CNN(nn.Module):
-    """[Conv 3x3 -> activation -> max-pool 2x2] per entry of ``channels``, then Dense, Dense head."""
+    """[Conv 3x3 -> activation -> max-pool 2x2] per entry of ``channels``, then Dense, Dense head.
+
+    ``quant="int8"``: every Conv and Dense is int8 fake-quantised (arch/quant.py), same params.
+    """
 
     channels: Sequence[int] = (32, 64)
     dense: int = 128
@@ -22,20 +26,21 @@ class CNN(nn.Module):
     dropout_rate: float = 0.1
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    quant: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
         act = activation(self.activation)
         x = x.astype(self.dtype)
         for i, features in enumerate(self.channels):
-            x = nn.Conv(
+            x = conv_cls(self.quant)(
                 features, kernel_size=(3, 3), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=logical_init(nn.initializers.lecun_normal(), (None, None, "conv_in", "conv_out")),
                 bias_init=logical_init(nn.initializers.zeros, ("conv_out",)), name=f"conv_{i}",
             )(x)
             x = nn.max_pool(act(x), window_shape=(2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        x = logical_dense(self.dense, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(x)
+        x = quant_dense(self.quant, self.dense, ("embed", "mlp"), dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(x)
         x = nn.Dropout(self.dropout_rate)(act(x), deterministic=deterministic)
-        logits = logical_dense(self.num_classes, ("mlp", "vocab"), dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        logits = quant_dense(self.quant, self.num_classes, ("mlp", "vocab"), dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
         return logits.astype(jnp.float32)

@@ -2,6 +2,7 @@
 
 BatchNorm running statistics live in the ``batch_stats`` collection, which the trainer keeps in
 ``TrainState.model_state`` (updated in training, frozen in evaluation) and saves in checkpoints.
+``quant="int8"`` fake-quantises every conv and the head (arch/quant.py; BatchNorm stays float).
 ``stem="cifar"`` (3x3 conv, no max-pool) suits 32 px images; ``stem="imagenet"`` is the original
 7x7/2 conv + 3x3/2 max-pool. ``width`` scales every stage (64 is the paper's).
 """
@@ -15,7 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import logical_dense, logical_init
+from arch.layers import logical_init
+from arch.quant import conv_cls, quant_dense
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 
@@ -70,12 +72,13 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    quant: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
         if self.depth not in STAGE_SIZES:
             raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {self.depth}")
-        conv = partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_conv_init)
+        conv = partial(conv_cls(self.quant), use_bias=False, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_conv_init)
         norm = partial(
             nn.BatchNorm, use_running_average=deterministic, momentum=self.bn_momentum, epsilon=1e-5,
             dtype=self.dtype, param_dtype=self.param_dtype,
@@ -96,5 +99,5 @@ class ResNet(nn.Module):
                 strides = 2 if stage > 0 and i == 0 else 1
                 x = block(self.width * 2**stage, strides, conv, norm, name=f"stage{stage + 1}_block{i + 1}")(x)
         x = jnp.mean(x, axis=(1, 2))
-        logits = logical_dense(self.num_classes, ("embed", "vocab"), dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
+        logits = quant_dense(self.quant, self.num_classes, ("embed", "vocab"), dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
         return logits.astype(jnp.float32)

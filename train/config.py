@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.seq_len = 128  # language models: bytes per training window
     c.data.image_size = 0  # image models: resize to this many pixels square (0 = native size)
     c.data.val_fraction = 0.1  # for a user text file: the tail fraction held out
+    c.data.classes = ""  # images: keep only these labels ("0-4", "5,7,9"), relabelled 0..k-1; sets model.num_classes=k
 
     c.model = ml_collections.ConfigDict()
 
@@ -44,9 +45,32 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.grad_clip = 1.0  # global-norm clip; 0 disables
     c.train.group_learning_rates = ""  # models with param groups (gan): "generator:2e-4,discriminator:2e-4"
     c.train.grad_accum_steps = 1  # micro-batches per optimizer update (batch_size must divide)
+    # Loss scaling (train/loss_scale.py): auto becomes dynamic for model.dtype=float16, none otherwise.
+    c.train.loss_scaling = "auto"
     c.train.log_every = 50
     c.train.eval_every = 500
     c.train.eval_batches = 0  # 0: the whole validation split at every evaluation
+    # Pruning (train/prune.py): global magnitude, cubic ramp from prune_start to prune_end (0: 3/4 of steps).
+    c.train.sparsity = 0.0  # target fraction of Dense/Conv kernel weights set to zero; 0 disables
+    c.train.prune_start = 0
+    c.train.prune_end = 0
+    c.train.prune_every = 10  # steps between mask updates during the ramp
+    # Regularisation (train/regularize.py, train/augment.py) and early stopping (train/early_stopping.py).
+    c.train.l1 = 0.0  # penalty l1 * sum|w| on kernels, added to the loss
+    c.train.l2 = 0.0  # penalty l2 * sum w^2 on kernels (coupled, unlike AdamW's weight_decay)
+    c.train.augment = "none"  # images: none, shift, flip, shift_flip (in the jitted step, from the step rng)
+    c.train.augment_pad = 2  # shift: up to this many pixels each way
+    c.train.early_stopping_metric = ""  # an eval metric (accuracy, loss, ...); empty disables
+    c.train.early_stopping_mode = "auto"  # auto (min for losses, max otherwise), min, max
+    c.train.early_stopping_min_delta = 0.0
+    c.train.patience = 3  # evaluations without improvement before stopping
+    # Distillation (train/distill.py): a trained classifier's workdir; loss alpha*hard + (1-alpha)*T^2*soft.
+    c.train.teacher = ""
+    c.train.distill_alpha = 0.5
+    c.train.distill_temperature = 4.0
+    # Transfer (train/transfer.py): start from a trained run's params (head re-initialised if classes differ).
+    c.train.init_from = ""
+    c.train.freeze_backbone = False  # train only the "head" module (optax.multi_transform + set_to_zero)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 500
@@ -234,6 +258,15 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
                 if not isinstance(node[part], ml_collections.ConfigDict):
                     raise ConfigError(f"config.{'.'.join(parts[: depth + 1])} is a field, not a section")
                 node = node[part]
+    if config.data.classes and "num_classes" in config.model and "model.num_classes" not in overrides:
+        from train.image_data import parse_classes
+
+        try:  # a subset of k labels is relabelled 0..k-1: a k-way head unless the user says otherwise
+            config.model.num_classes = len(parse_classes(config.data.classes))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if config.train.loss_scaling == "auto":  # resolved here so config.json and make_optimizer see the real choice
+        config.train.loss_scaling = "dynamic" if config.model.get("dtype") == "float16" else "none"
     validate(config)
     config.lock()
     return config
@@ -279,6 +312,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         for field in ("dtype", "param_dtype"):
             value = config.model[field]
             checks.append((value in ("float32", "bfloat16", "float16"), f"model.{field} must be one of float32, bfloat16, float16 (got {value!r})"))
+    checks.append((config.train.loss_scaling in ("auto", "dynamic", "none"),
+                   f"train.loss_scaling must be auto, dynamic or none (got {config.train.loss_scaling!r})"))
+    if "quant" in config.model:
+        from arch.quant import QUANT_MODES
+
+        checks.append((config.model.quant in QUANT_MODES, f"model.quant must be one of {', '.join(QUANT_MODES)} (got {config.model.quant!r})"))
     if "activation" in config.model:
         from arch.mlp import ACTIVATIONS
 
@@ -313,10 +352,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
         checks.append((config.data.image_size % 4 == 0, f"data.image_size must be divisible by 4 for this model, whose head pools to a 4x4 grid (got {config.data.image_size})"))
     if "num_classes" in config.model:
         checks.append((config.model.num_classes >= 2, "model.num_classes must be >= 2"))
+    if config.data.classes:
+        from train.image_data import parse_classes
+
+        try:
+            parse_classes(config.data.classes)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if "positional" in config.model:
         checks.append((config.model.positional in ("rotary", "learned"), f"model.positional must be 'rotary' or 'learned' (got {config.model.positional!r})"))
     if "num_heads" in config.model:
         checks.append((config.model.num_heads >= 1 and config.model.d_model % config.model.num_heads == 0, "model.d_model must be divisible by model.num_heads"))
+    from train import augment, distill, early_stopping, prune, regularize
+
+    for module in (prune, regularize, augment, early_stopping, distill):
+        checks += [(False, message) for message in module.config_problems(config.train)]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -203,10 +203,10 @@ def _lm_dataset(config, shard: int, num_shards: int) -> Dataset:
 
 
 def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
-    from train.image_data import load_images
+    from train.image_data import load_images, select_classes
 
     t, d = config.train, config.data
-    images = load_images(d.path, d.image_size, d.val_fraction)
+    images = select_classes(load_images(d.path, d.image_size, d.val_fraction), d.get("classes", ""))
     return Dataset(
         train=ArrayIterator({"inputs": images.x_train, "labels": images.y_train}, t.batch_size, config.seed, shard=shard, num_shards=num_shards),
         eval_batches=padded_eval_batches({"inputs": images.x_test, "labels": images.y_test}, t.batch_size, t.eval_batches),

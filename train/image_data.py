@@ -156,6 +156,51 @@ def load_images(path: str, image_size: int, test_fraction: float) -> ImageSplits
     return ImageSplits(x_train, y_train, x_test, y_test, num_classes, source)
 
 
+def parse_classes(spec: str) -> tuple[int, ...]:
+    """``data.classes``: ``"0-4"`` or ``"5,7,9"`` (mixable: ``"0-2,7"``) -> sorted distinct labels.
+
+    Raises ValueError naming the accepted forms; at least 2 labels, all >= 0.
+    """
+    labels = set()
+    try:
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            low, sep, high = part.partition("-")
+            low, high = int(low), int(high) if sep else int(low)
+            if low < 0 or high < low:
+                raise ValueError
+            labels.update(range(low, high + 1))
+    except ValueError:
+        labels = set()
+    if len(labels) < 2:
+        raise ValueError(f"data.classes must name at least 2 labels >= 0 as a range like 0-4 or a list like 1,3,5 (got {spec!r})")
+    return tuple(sorted(labels))
+
+
+def select_classes(images: ImageSplits, spec: str) -> ImageSplits:
+    """Only the images of the labels ``spec`` names (see :func:`parse_classes`), relabelled 0..k-1
+    in label order; the train/test split stays the fixed one, so test images never move to training."""
+    if not spec:
+        return images
+    classes = parse_classes(spec)
+    present = np.unique(np.concatenate([images.y_train, images.y_test]))
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise DataError(f"data.classes={spec!r} names labels {missing} that the data does not have (its labels: {present.min()}..{present.max()})")
+    lookup = np.full(int(max(present.max(), max(classes))) + 1, -1, np.int32)
+    lookup[list(classes)] = np.arange(len(classes), dtype=np.int32)
+
+    def keep(x, y):
+        rows = lookup[y] >= 0
+        return x[rows], lookup[y[rows]]
+
+    x_train, y_train = keep(images.x_train, images.y_train)
+    x_test, y_test = keep(images.x_test, images.y_test)
+    if len(x_test) == 0:
+        raise DataError(f"data.classes={spec!r} leaves no test images; choose more classes or a larger data.val_fraction")
+    source = f"{images.source}, classes {spec} relabelled 0..{len(classes) - 1}"
+    return ImageSplits(x_train, y_train, x_test, y_test, len(classes), source)
+
+
 # --- procedural haze for the restoration task: I = J t + A (1 - t), t = exp(-beta * depth).
 
 HAZE_BETA = (0.4, 2.0)  # scattering coefficient per image: t >= exp(-2) = 0.135 where depth is 1

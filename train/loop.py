@@ -33,6 +33,8 @@ from train.sampling import generate
 from train.state import TrainState, init_train_state, learning_rate_schedule, make_optimizer, param_count
 from train.step import make_eval_step, make_train_step
 from train.tasks import get_task
+from train import augment as augment_lib, early_stopping, prune as prune_lib, regularize
+from train import distill as distill_lib, transfer
 
 
 class WorkdirError(ValueError):
@@ -171,6 +173,13 @@ class Run:
         self.schedule = learning_rate_schedule(config.train)
         self.tx = make_optimizer(config.train, self.spec.param_groups)
         self.example_input = jnp.asarray(self.data.example_input)
+        problem = augment_lib.check_inputs(config.train, self.example_input, self.spec.task)
+        if problem:
+            from train.config import ConfigError
+
+            raise ConfigError(problem)
+        # Distillation: the task the train step optimises also matches a frozen teacher's logits.
+        self.train_task, self.teacher = distill_lib.from_config(config, self.task, self.data.example_input, self.spec.task)
 
         init = lambda rng: init_train_state(self.module, self.tx, self.example_input, rng)
         with parallel.mesh_context(self.mesh, self.rules):
@@ -184,6 +193,9 @@ class Run:
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.meta.unbox(boxed), self.state_shardings
         )
         self._init = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=self.state_shardings)
+        self.init_source = transfer.load_source(config, self.abstract_state) if config.train.init_from else None
+        if config.train.freeze_backbone and not transfer.has_head(self.abstract_state.params):
+            raise transfer.TransferError(f"train.freeze_backbone: --model={config.model_name} has no '{transfer.HEAD}' module to train alone")
         example_batch = self.data.train.batch_at(0)
         self.batch_sharding = {k: parallel.batch_sharding(self.mesh, self.rules, ndim=v.ndim) for k, v in example_batch.items()}
         self._global_batch = {
@@ -192,8 +204,9 @@ class Run:
         }
 
         train_step = make_train_step(
-            module=self.module, task=self.task, tx=self.tx, grad_accum_steps=config.train.grad_accum_steps, lr_schedule=self.schedule,
+            module=self.module, task=self.train_task, tx=self.tx, grad_accum_steps=config.train.grad_accum_steps, lr_schedule=self.schedule,
             cross_replica_mean=None if self.pmap is None else (lambda tree: jax.lax.pmean(tree, parallel.PmapLayout.axis_name)),
+            regularizer=regularize.from_config(config.train), augment=augment_lib.from_config(config.train),
         )
         self.train_step = train_step
         step_with_rng = lambda state, batch: train_step(state, batch, jax.random.fold_in(state.rng, state.step))
@@ -217,6 +230,8 @@ class Run:
         """A fresh state, created already sharded (never materialised whole on one device)."""
         with parallel.mesh_context(self.mesh, self.rules):
             state = self._init(jax.random.PRNGKey(seed))
+            if self.init_source is not None:  # transfer: the source run's params, a fresh head where classes differ
+                state = transfer.initialize_from(state, self.init_source)
         return self.to_layout(state)
 
     def to_layout(self, global_state: TrainState) -> TrainState:
@@ -253,6 +268,14 @@ class Run:
         )
         mode = "pmap (legacy data parallel: replicated params, pmean of gradients)" if self.pmap else f"jit, rules {self.config.parallel.rules}"
         lines.insert(2, f"mode: {mode}")
+        if self.teacher is not None:
+            t = self.config.train
+            lines.append(f"teacher: {self.teacher.describe()}; distill_alpha {t.distill_alpha}, distill_temperature {t.distill_temperature}")
+        if self.init_source is not None:
+            lines.append(f"init_from: {self.init_source.describe()} (unless resuming this workdir's own checkpoint)")
+        if self.config.train.freeze_backbone:
+            trainable, total = transfer.trainable_count(self.abstract_state.params, frozen=True)
+            lines.append(f"freeze_backbone: {trainable:,} of {total:,} params train (the head)")
         return lines + [f"note: {n}" for n in self.sharding_notes] + warnings
 
     def train_iterator(self) -> data_lib.PositionIterator:
@@ -278,7 +301,10 @@ class Run:
             for batch, weights in batches:
                 out = self._jit_eval_step(state.params, state.model_state, batch, weights)
                 sums = out if sums is None else _accumulate_jit(sums, out)
-        return self.task.summarize(parallel.gather_to_host(sums, self.mesh))
+        result = self.task.summarize(parallel.gather_to_host(sums, self.mesh))
+        if self.config.train.sparsity > 0:
+            result["sparsity"] = prune_lib.measured_sparsity(state.params)
+        return result
 
     def host_params(self, state: TrainState):
         """(params, model_state) whole on the host. A collective: every process must call it."""
@@ -300,6 +326,19 @@ class Run:
             self.decode_module, params, prompt, length, max_len=self.config.model.max_len,
             rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k,
         )
+
+
+def _check_stopping_metric(run: Run, metric: str) -> None:
+    """train.early_stopping_metric must be one of the task's eval metrics, read off the eval step's
+    output shapes (nothing is compiled or run)."""
+    batch, weights = run.data.eval_batches[0]
+    shapes = jax.eval_shape(run._jit_eval_step, run.abstract_state.params, run.abstract_state.model_state, batch, weights)
+    names = sorted(run.task.summarize(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)))
+    names += ["sparsity"] if run.config.train.sparsity > 0 else []
+    if metric not in names:
+        from train.config import ConfigError
+
+        raise ConfigError(f"train.early_stopping_metric={metric!r} is not an eval metric of this model; valid: {', '.join(names)}")
 
 
 def _accumulate(total, metrics):
@@ -347,6 +386,8 @@ def train_and_evaluate(
     workdir = check_workdir(workdir)
     run = Run(config)
     config = run.config  # with model values read off the data (ModelSpec.from_data)
+    if config.train.early_stopping_metric:
+        _check_stopping_metric(run, config.train.early_stopping_metric)
     t = config.train
 
     # --- state: restore the latest intact checkpoint, else init already sharded
@@ -360,6 +401,12 @@ def train_and_evaluate(
         state = run.to_layout(state)
         iterator.set_state(data_state)
         say(f"resuming from step {start_step} in {checkpointer.directory}")
+    stopping_rule = early_stopping.from_config(t)
+    stopping = early_stopping.StoppingState.from_json(restored[1].get("early_stopping") if restored and stopping_rule else None)
+    best = early_stopping.BestCheckpoint(workdir, resume_step=start_step) if stopping_rule else None
+
+    def data_state() -> dict:  # the iterator's position, plus the early-stopping counters
+        return {**iterator.get_state(), **({"early_stopping": stopping.to_json()} if stopping_rule else {})}
 
     n_params = param_count(run.abstract_state.params)
     if primary:
@@ -379,6 +426,10 @@ def train_and_evaluate(
     compiled_step = run.compile_train_step()
     eval_batches = run.eval_batches()
     end_step = t.steps if stop_at_step is None else min(t.steps, stop_at_step)
+    if stopping_rule is not None:
+        if stopping.stopped:
+            say(f"this run already stopped early at step {start_step}: {early_stopping.describe(stopping_rule, stopping)}")
+            end_step = start_step
     stop = StopRequest()
     totals, window_start, window_time = None, start_step, time.time()
     last_saved = start_step if restored is not None else None
@@ -409,20 +460,31 @@ def train_and_evaluate(
                     run.plot(run.to_global(state), workdir, step)
                     if primary:
                         bar.write(f"step {step}: {run.data.held_out_name} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+                    if stopping_rule is not None:
+                        stopping, improved = early_stopping.update(stopping_rule, stopping, result[stopping_rule.metric], step)
+                        if improved:
+                            best.save(step, run.to_global(state), data_state())
+                        elif stopping.stopped:
+                            end_step = step  # this step's checkpoint is saved below, then the loop ends
                 if step % config.checkpoint.every == 0 or step == end_step:
                     _check_finite(run.to_global(state))
-                    checkpointer.save(step, run.to_global(state), iterator.get_state())
+                    checkpointer.save(step, run.to_global(state), data_state())
                     last_saved = step
             if stop and step != last_saved:
                 _check_finite(run.to_global(state))
-                checkpointer.save(step, run.to_global(state), iterator.get_state())
+                checkpointer.save(step, run.to_global(state), data_state())
                 last_saved = step
     finally:
         bar.close()
         checkpointer.close()
+        if best is not None:
+            best.close()
 
     summary = {"workdir": workdir, "step": step, "param_count": n_params, "train_seconds": time.time() - started}
-    if stop or step < t.steps:
+    if stopping.stopped:
+        say(f"{early_stopping.describe(stopping_rule, stopping)}; stopped at step {step} (of {t.steps}), best state kept in {best.workdir}")
+        summary["early_stopping"] = dict(stopping.to_json(), metric=stopping_rule.metric, best_workdir=best.workdir)
+    elif stop or step < t.steps:
         reason = f"received {stop.signal_name}" if stop else f"stop_at_step={stop_at_step}"
         say(f"{reason}: saved checkpoint at step {step} in {checkpointer.directory}; run the same command to resume")
         summary["interrupted"] = True
@@ -432,9 +494,18 @@ def train_and_evaluate(
     # --- final evaluation, plot, sample
     state = run.to_global(state)
     result = run.evaluate(state, eval_batches)
-    writer.write(step, "eval", result)
+    if not stopping.stopped:  # an early-stopped run was evaluated at its last step already
+        writer.write(step, "eval", result)
     writer.close()
     summary.update(eval=result, interrupted=False)
+    if stopping_rule is not None and not stopping.stopped:
+        stopping, improved = early_stopping.update(stopping_rule, stopping, result[stopping_rule.metric], step)
+        if improved:
+            best.save(step, state, data_state())
+            best.close()
+        summary["early_stopping"] = dict(stopping.to_json(), metric=stopping_rule.metric, best_workdir=best.workdir)
+    if "sparsity" in result:
+        say(f"sparsity {100 * result['sparsity']:.1f} % of prunable weights are zero; {prune_lib.nonzero_count(state.params):,} of {n_params:,} params nonzero")
     if primary:
         summary["plot"] = plot_loss_curves(
             read_metrics(writer.path), os.path.join(workdir, "plots", "loss.png"), title=f"{config.model_name} ({workdir})"

@@ -79,11 +79,15 @@ def make_optimizer(train_config: ml_collections.ConfigDict, param_groups: tuple[
     group gets its own AdamW state and peak learning rate (``train.group_learning_rates``) inside
     one ``optax.multi_transform``: two optimizers, one opt_state, one train step. Clipping is
     per group too, so one player's large gradient does not shrink the other's update.
+    ``train.loss_scaling=dynamic`` (float16) wraps it all in dynamic loss scaling (train/loss_scale.py).
+    ``train.sparsity`` > 0 appends global magnitude pruning (train/prune.py), whose masks then
+    live in the optimizer state.
     """
     t = train_config
+    pruning = _pruning(t)
     if not param_groups:
         parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
-        return optax.chain(*parts, _adamw(t, t.learning_rate))
+        return _loss_scaling(t, _freeze_backbone(t, optax.chain(*parts, _adamw(t, t.learning_rate), *pruning)))
     rates = parse_group_learning_rates(t.group_learning_rates, param_groups)
     transforms = {}
     for group in param_groups:
@@ -93,7 +97,35 @@ def make_optimizer(train_config: ml_collections.ConfigDict, param_groups: tuple[
     def labels(params):
         return {name: jax.tree.map(lambda _: name, subtree) for name, subtree in params.items()}
 
-    return optax.multi_transform(transforms, labels)
+    tx = optax.multi_transform(transforms, labels)
+    return _loss_scaling(t, optax.chain(tx, *pruning) if pruning else tx)
+
+
+def _loss_scaling(t: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    # train.loss_scaling=dynamic (set by model.dtype=float16; train/loss_scale.py): the scale lives in opt_state
+    if getattr(t, "loss_scaling", "none") != "dynamic":
+        return tx
+    from train.loss_scale import dynamic_loss_scale
+
+    return dynamic_loss_scale(tx)
+
+
+def _freeze_backbone(t: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    # train.freeze_backbone (train/transfer.py): only the "head" module trains; getattr for older configs
+    if not getattr(t, "freeze_backbone", False):
+        return tx
+    from train.transfer import freeze_backbone
+
+    return freeze_backbone(tx)
+
+
+def _pruning(t: ml_collections.ConfigDict) -> list[optax.GradientTransformation]:
+    # getattr: configs saved before pruning existed have no train.sparsity
+    if getattr(t, "sparsity", 0.0) <= 0:
+        return []
+    from train.prune import from_config
+
+    return [from_config(t)]
 
 
 def init_train_state(module: nn.Module, tx: optax.GradientTransformation, example_input, rng: jax.Array) -> TrainState:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from train.loss_scale import find_scale, scaled_value_and_grad
 from train.state import TrainState
 from train.tasks import Task
 
@@ -27,8 +28,14 @@ def _split_micro_batches(batch, num_micro: int):
 
 
 def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
-                    lr_schedule: Callable | None = None, cross_replica_mean: Callable | None = None):
+                    lr_schedule: Callable | None = None, cross_replica_mean: Callable | None = None,
+                    regularizer: Callable | None = None, augment: Callable | None = None):
     """Returns ``train_step(state, batch, rng) -> (state, metrics)``; rng is this step's key.
+
+    ``regularizer(params) -> scalar`` (train/regularize.py) is added to the loss that is
+    differentiated and reported as the ``penalty`` metric (``loss`` stays the data loss).
+    ``augment(batch, rng) -> batch`` (train/augment.py) transforms the batch first, from this
+    step's rng, so augmentation is deterministic and needs no host randomness.
 
     ``cross_replica_mean`` (pmap mode: ``lax.pmean`` over the device axis) averages gradients,
     metrics and batch statistics across replicas before the update; under jit the step already sees
@@ -36,23 +43,30 @@ def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, gra
     """
     sync = cross_replica_mean or (lambda tree: tree)
 
-    def loss_and_grad(params, model_state, batch, rng):
+    def loss_and_grad(params, model_state, batch, rng, scale=None):
         def loss_of(p):
-            return task.loss_fn(module, p, model_state, batch, rng, True)
+            loss, (metrics, new_model_state) = task.loss_fn(module, p, model_state, batch, rng, True)
+            if regularizer is not None:
+                penalty = regularizer(p)
+                loss, metrics = loss + penalty, dict(metrics, penalty=penalty)
+            return loss, (metrics, new_model_state)
 
-        (loss, (metrics, new_model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        (loss, (metrics, new_model_state)), grads = scaled_value_and_grad(loss_of, scale)(params)
         return loss, metrics, new_model_state, grads
 
     def train_step(state: TrainState, batch, rng: jax.Array):
+        if augment is not None:
+            batch = augment(batch, jax.random.fold_in(rng, 0x61756775))  # a stream apart from dropout's
+        scale = find_scale(state.opt_state)  # float16: the dynamic loss scale (train/loss_scale.py), else None
         if grad_accum_steps == 1:
-            loss, metrics, model_state, grads = loss_and_grad(state.params, state.model_state, batch, rng)
+            loss, metrics, model_state, grads = loss_and_grad(state.params, state.model_state, batch, rng, scale)
         else:
             micro_batches = _split_micro_batches(batch, grad_accum_steps)
 
             def accumulate(carry, xs):
                 grads_sum, model_state = carry
                 micro, index = xs
-                _, metrics, model_state, grads = loss_and_grad(state.params, model_state, micro, jax.random.fold_in(rng, index))
+                _, metrics, model_state, grads = loss_and_grad(state.params, model_state, micro, jax.random.fold_in(rng, index), scale)
                 return (jax.tree.map(jnp.add, grads_sum, grads), model_state), metrics
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -67,7 +81,8 @@ def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, gra
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # Under loss scaling an overflowed gradient is expected: the scaler skips the update and halves the scale.
+        finite = jnp.isfinite(loss) & (jnp.isfinite(grad_norm) | (scale is not None))
 
         def keep_if_finite(new, old):
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -80,6 +95,9 @@ def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, gra
             nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step),
         )
         metrics = dict(metrics, grad_norm=grad_norm)
+        if scale is not None:
+            overflow = ~jnp.isfinite(grad_norm)
+            metrics.update(grad_norm=jnp.where(overflow, 0.0, grad_norm), loss_scale=scale, overflow=overflow.astype(jnp.float32))
         if lr_schedule is not None:
             metrics["learning_rate"] = lr_schedule(state.step)
         return new_state, metrics
