@@ -72,10 +72,14 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, base: float = 10_000.0)
     half = head_dim // 2
     inv_freq = 1.0 / (base ** (jnp.arange(half, dtype=jnp.float32) / half))
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, half]
-    sin = jnp.sin(angles)[:, :, None, :]
-    cos = jnp.cos(angles)[:, :, None, :]
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    # Rotate-half form (the same products and sums as [x1 cos - x2 sin, x2 cos + x1 sin]): one
+    # multiply-add over the whole head instead of two halves concatenated, which XLA:CPU fuses
+    # into fewer slice/concat passes forward and backward (docs/performance.md).
+    sin = jnp.tile(jnp.sin(angles), 2)[:, :, None, :]
+    cos = jnp.tile(jnp.cos(angles), 2)[:, :, None, :]
+    xf = x.astype(jnp.float32)
+    x1, x2 = jnp.split(xf, 2, axis=-1)
+    rotated = xf * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
     return rotated.astype(x.dtype)
 
 

@@ -1,17 +1,22 @@
 """The registry of benchmark suites and ``--suite`` name resolution.
 
 A suite is a module with ``run_suite(repeats: int | None) -> dict`` (its JSON section) and
-``markdown_table(result) -> list[str]`` (its README rows). Modules are imported only when a
-suite runs, so a bad name is rejected before jax starts. A new suite is one module + one line.
+``markdown_table(result) -> list[str]`` (its README rows). A suite whose ``run_suite`` also takes
+keyword ``tiny`` (seconds-sized shapes, for smoke tests) and ``machine`` (the machine section,
+e.g. its peak FLOP/s) gets them. Modules are imported only when a suite runs, so a bad name is
+rejected before jax starts. A new suite is one module + one line.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from bench import BenchmarkError
 
 SUITES: dict[str, str] = {
+    "train": "bench.train",
+    "compile": "bench.compile",
     "parallel": "bench.parallel",
     "nas": "bench.nas",
     "infer": "bench.infer",
@@ -38,8 +43,18 @@ def suite_module(name: str):
     return importlib.import_module(SUITES[name])
 
 
-def run_suite(name: str, repeats: int | None = None) -> dict:
-    return suite_module(name).run_suite(repeats)
+def supports_tiny(name: str) -> bool:
+    """Whether suite ``name`` has a tiny (smoke-test) mode; imports only the suite's module."""
+    return "tiny" in inspect.signature(suite_module(name).run_suite).parameters
+
+
+def run_suite(name: str, repeats: int | None = None, *, tiny: bool = False, machine: dict | None = None) -> dict:
+    run = suite_module(name).run_suite
+    if "tiny" not in inspect.signature(run).parameters:
+        if tiny:
+            raise BenchmarkError(f"suite {name!r} has no tiny mode")
+        return run(repeats)
+    return run(repeats, tiny=tiny, machine=machine)
 
 
 def markdown_table(name: str, result: dict) -> list[str]:

@@ -1,4 +1,11 @@
-"""python -m launch.benchmark [--suite=parallel|nas|all] [--out=FILE.json] [--repeats=N]"""
+"""python -m launch.benchmark [--suite=train|compile|infer|nas|parallel|all] [--out=FILE.json] [--repeats=N] [--tiny]
+
+Suites: train (step time, throughput and MFU of the transformer, CNN, ResNet-18), compile
+(transformer compile time at 2/4/8/12 layers, scan over layers vs unrolled), infer (latency per
+export backend), nas (vmap-ed population vs a Python loop), parallel (2-device data-parallel
+step vs 1). ``--tiny`` runs the train and compile suites on seconds-sized shapes (smoke test;
+the figures mean nothing).
+"""
 
 from __future__ import annotations
 
@@ -10,24 +17,41 @@ BENCHMARK_DEVICES = 2  # fake CPU devices for the parallel suite (unless XLA_FLA
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.xla_flags import ensure_host_devices
-
-    ensure_host_devices(BENCHMARK_DEVICES)  # before anything imports jax
     from bench import BenchmarkError
     from bench.suites import select_suites, suite_names
 
     parser = OneLineParser(
         prog="python -m launch.benchmark",
-        description="Measure the machine and the chosen suites; print a markdown table and write the JSON report.",
+        description="Measure the machine and the chosen suites; print a markdown table and write the JSON report. "
+        "Suites: train (step time, throughput, MFU), compile (compile time vs depth, scan vs unrolled), "
+        "infer (latency per export backend), nas (vmap-ed population vs loop), parallel (2-device step vs 1).",
     )
     parser.add_argument("--suite", default="all", help=f"one of: {', '.join(suite_names())} (default all: every suite)")
     parser.add_argument("--out", default="benchmark.json", help="JSON report path (default benchmark.json)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per measurement (default: each suite's own)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repetitions per measurement: train steps, or compiles per depth for compile (default: each suite's own)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="seconds-sized shapes to check the benchmark runs (train and compile suites only; figures are meaningless)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.repeats is not None and args.repeats < 1:
         fail(f"--repeats must be >= 1, got {args.repeats}")
     try:
         suites = select_suites(args.suite)
+    except BenchmarkError as e:
+        fail(str(e))
+    if "parallel" in suites:
+        # Fake CPU devices for the parallel suite only, before anything imports jax: the other
+        # suites run on one device as a user's training run does.
+        from bench.xla_flags import ensure_host_devices
+
+        ensure_host_devices(BENCHMARK_DEVICES)
+    try:
+        if args.tiny:
+            from bench.suites import supports_tiny
+
+            without = [name for name in suites if not supports_tiny(name)]
+            if without:
+                valid = [name for name in suite_names() if name != "all" and supports_tiny(name)]
+                raise BenchmarkError(f"--tiny is not available for suite(s) {', '.join(without)}; it is for: {', '.join(valid)}")
         from bench.report import check_writable
 
         check_writable(args.out)
@@ -44,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         print("measuring peak matmul FLOP/s ...", file=sys.stderr, flush=True)
-        results = {"machine": machine_info()}
+        results = {"machine": machine_info(peak_sizes=(128,), peak_repeats=2) if args.tiny else machine_info()}
         for name in suites:
             print(f"running suite {name} ...", file=sys.stderr, flush=True)
-            results[name] = run_suite(name, args.repeats)
+            results[name] = run_suite(name, args.repeats, tiny=args.tiny, machine=results["machine"])
     except (BenchmarkError, ConfigError, DataError, MeshError) as e:
         fail(str(e))
     print(markdown(results))

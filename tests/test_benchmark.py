@@ -23,9 +23,9 @@ MACHINE_KEYS = {"cpu", "cores", "jax", "jaxlib", "xla_flags", "peak_flops"}
 PARALLEL_KEYS = {"sharded_over_single", "single_step_s", "sharded_step_s", "devices", "mesh", "global_batch"}
 
 
-def run_benchmark(*args):
+def run_benchmark(*args, timeout=120):
     return subprocess.run(
-        [sys.executable, "-m", "launch.benchmark", *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "launch.benchmark", *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -64,7 +64,7 @@ def test_select_suites():
 
     assert select_suites("all") == [s for s in suite_names() if s != "all"]
     assert select_suites("parallel") == ["parallel"]
-    with pytest.raises(BenchmarkError, match="valid suites: parallel"):
+    with pytest.raises(BenchmarkError, match="valid suites: train, compile, parallel"):
         select_suites("train-ish")
 
 
@@ -150,3 +150,78 @@ def test_nas_suite_on_a_tiny_config():
     json.dumps(result)
     rows = markdown_table(result)
     assert len(rows) == 4 and rows[1].startswith("|---") and "vmap" in rows[3]
+
+
+# --- train and compile suites
+
+
+def test_transformer_flop_counter_matches_a_hand_count():
+    """d_model 8, 2 layers, 2 heads, mlp 16, bytes; batch 2 x length 4 (hand count in the comments)."""
+    import jax
+    import numpy as np
+
+    from arch.transformer import TransformerLM
+    from bench.train import transformer_train_flops
+
+    module = TransformerLM(vocab_size=256, num_layers=2, d_model=8, num_heads=2, mlp_dim=16, max_len=4)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), np.zeros((2, 4), np.int32))["params"]
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    # embed 256*8 = 2048; per layer: 2 LayerNorms 2*16, qkv 8*3*8 = 192, out 64, wi 128 + bi 16, wo 128 + bo 8
+    # = 568, x2 = 1136; final LayerNorm 16 -> 3200
+    assert params == 3200
+    tokens = 2 * 4
+    attention = 2 * 2 * (2 * 2 * 4 * 4 * 8) / 2 * 3  # layers x (QK^T + AV over the square) / causal x (fwd + bwd)
+    assert attention == 6 * 2 * 2 * 4**2 * 8 == 3072
+    count = dict(params=params, embedding_params=256 * 8, layers=2, d_model=8, batch=2, length=4)
+    assert transformer_train_flops(**count, tied=True) == 6 * 3200 * tokens + 3072 == 156_672
+    assert transformer_train_flops(**count, tied=False) == 6 * (3200 - 2048) * tokens + 3072  # a gather is no matmul
+
+
+def test_slope_and_the_tiny_mode_registry():
+    from bench.compile import slope
+    from bench.suites import select_suites, supports_tiny
+
+    assert slope([2, 4, 8, 12], [1.0, 2.0, 4.0, 6.0]) == pytest.approx(0.5)
+    assert slope([1, 2], [3.0, 3.0]) == 0.0
+    with pytest.raises(BenchmarkError, match="at least 2"):
+        slope([4], [1.0])
+    assert {"train", "compile"} <= set(select_suites("all"))
+    assert supports_tiny("train") and supports_tiny("compile") and not supports_tiny("nas")
+
+
+def test_tiny_is_refused_for_suites_without_it(tmp_path):
+    proc = run_benchmark("--suite=nas", "--tiny", f"--out={tmp_path / 'b.json'}")
+    assert_one_line_error(proc, "--tiny", "nas", "train, compile")
+
+
+def test_train_suite_cli_in_tiny_mode_writes_the_json_layout(tmp_path):
+    out = tmp_path / "b.json"
+    proc = run_benchmark("--suite=train", "--tiny", f"--out={out}", timeout=600)  # minutes on a loaded 2-core box
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert set(data) == {"machine", "train"} and MACHINE_KEYS <= set(data["machine"])
+    assert set(data["train"]) == {"transformer", "cnn"}  # tiny mode leaves ResNet-18 out
+    t = data["train"]["transformer"]
+    assert {"step_s", "tokens_per_s", "mfu"} <= set(t)
+    assert t["tokens_per_s"] == pytest.approx(8 * 32 / t["step_s"])  # tiny: batch 8 x length 32
+    assert t["mfu"] == pytest.approx(t["model_flops"] / t["step_s"] / t["peak_flops_in_suite"])
+    r = data["train"]["cnn"]
+    assert {"step_s", "examples_per_s", "mfu"} <= set(r) and r["step_s"] > 0 and r["mfu"] > 0
+    assert r["model_flops"] == r["xla_flops"] > 0  # convolutional models: XLA's count
+    assert 0 < t["model_flops"] < t["xla_flops"]  # XLA also counts masked attention and elementwise work
+    assert "| transformer (d_model 32, 2 layers" in proc.stdout and "MFU" in proc.stdout
+
+
+def test_compile_suite_on_a_tiny_transformer():
+    from bench.compile import markdown_table, measure
+    from bench.train import TINY_OVERRIDES
+
+    result = measure(layers=(1, 2), overrides=TINY_OVERRIDES["transformer"], repeats=1)
+    for variant in ("scan", "unrolled"):
+        r = result[variant]
+        assert r["layers"] == [1, 2] and len(r["compile_s"]) == 2 and min(r["compile_s"]) > 0
+        assert r["slope_s_per_layer"] == pytest.approx(r["compile_s"][1] - r["compile_s"][0])
+    assert result["unrolled_over_scan_at_deepest"] == pytest.approx(result["unrolled"]["compile_s"][1] / result["scan"]["compile_s"][1])
+    json.dumps(result)
+    rows = markdown_table(result)
+    assert len(rows) == 5 and rows[1].startswith("|---") and "scan over layers" in rows[3]

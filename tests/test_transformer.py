@@ -123,3 +123,18 @@ def test_bfloat16_compute_keeps_float32_params():
     params = nn.meta.unbox(module.init(jax.random.PRNGKey(0), tokens)["params"])
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
     assert module.apply({"params": params}, tokens).dtype == jnp.float32
+
+
+def test_rotary_embedding_equals_the_written_out_rotation():
+    """Pins RoPE's math so a faster formulation (docs/performance.md) cannot change it: each pair
+    (x_i, x_{i+half}) rotates by position * base^(-i/half)."""
+    from arch.layers import rotary_embedding
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 8, 3, 16)).astype(np.float32)
+    positions = np.stack([np.arange(8), np.arange(5, 13)]).astype(np.int32)
+    half = 8
+    angle = positions[:, :, None, None] * 10_000.0 ** (-np.arange(half) / half)  # [B, T, 1, half]
+    x1, x2 = x[..., :half].astype(np.float64), x[..., half:].astype(np.float64)
+    expected = np.concatenate([x1 * np.cos(angle) - x2 * np.sin(angle), x2 * np.cos(angle) + x1 * np.sin(angle)], -1)
+    np.testing.assert_allclose(np.asarray(rotary_embedding(jnp.asarray(x), jnp.asarray(positions))), expected, atol=2e-5)
