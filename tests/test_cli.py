@@ -208,7 +208,7 @@ def _readme_launch_commands() -> list[list[str]]:
             continue
         command = line[line.index("python -m launch.") :]
         command = command.split(" & ")[0].split(";")[0].replace("$i", "0")
-        commands.append(shlex.split(command)[2:])
+        commands.append(shlex.split(command, comments=True)[2:])  # a trailing "# ..." is a shell comment
     return commands
 
 

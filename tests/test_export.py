@@ -391,3 +391,28 @@ def test_backends_take_turns_and_each_gets_its_repeats():
     assert results["a@1"]["repeats"] == results["b@1"]["repeats"] == 7
     timed = "".join(calls[4:])  # after 2 warm-up calls each
     assert timed == "aaa" "bbb" "aa" "bb" "aa" "bb"  # 7 = 3 + 2 + 2 calls per turn, backends alternating
+
+
+@needs_export
+def test_int8_model_exports_exactly_to_saved_model_and_onnx_refuses_in_one_line(tmp_path):
+    """jax2onnx's flax Dense/Conv plugins skip arch.quant's rounding hooks, so ONNX would be the
+    float model: refused. The SavedModel (jax2tf traces the hooks) matches the int8 model exactly."""
+    import jax
+
+    from deploy import ExportError
+    from deploy.checkpoint import jit_runner, random_inference_model
+    from deploy.onnx_export import export_onnx
+    from deploy.saved_model import export_saved_model, saved_model_runner
+
+    config = tiny_config("cnn", data__image_size=8, model__quant="int8")
+    model = random_inference_model(config)
+    model.variables["quant"] = jax.tree.map(lambda a: np.ones_like(a) * (3 if a.dtype.kind == "f" else 5), model.variables["quant"])
+    x = model.input_batch(3)
+    reference = jit_runner(model)(x)[0]
+    float_model = random_inference_model(tiny_config("cnn", data__image_size=8))
+    assert np.abs(jit_runner(float_model)(x)[0] - reference).max() > 1e-3  # the int8 rounding is really there
+    saved = saved_model_runner(model, export_saved_model(model, str(tmp_path / "saved_model")))
+    np.testing.assert_allclose(saved(x)[0], reference, atol=1e-5)
+    with pytest.raises(ExportError, match=r"int8 fake-quantised .* --formats=saved_model"):
+        export_onnx(model, str(tmp_path / "model.onnx"))
+    assert not (tmp_path / "model.onnx").exists()
