@@ -81,17 +81,15 @@ _EXTRA_PANELS = (
 
 def plot_loss_curves(records: Iterable[dict], out_path: str, *, title: str = "") -> str:
     """Train and held-out loss against step (plus accuracy, PSNR, mode coverage when logged) as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from train.figures import new_figure
 
     records = list(records)
     mse_loss = any(isinstance(r.get("psnr"), (int, float)) for r in records)  # image reconstruction (NeRF): loss is an MSE
     panels = [("loss", "loss (MSE)" if mse_loss else "loss (nats)")] + [
         (metric, label) for metric, label in _EXTRA_PANELS if any(isinstance(r.get(metric), (int, float)) for r in records)
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), dpi=110, squeeze=False)
+    fig = new_figure(figsize=(6.5 * len(panels), 4.5), dpi=110)
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (metric, label) in zip(axes[0], panels):
         for split, style in (("train", "-"), ("eval", "o-")):
             points = [(r["step"], r[metric]) for r in records if r.get("split") == split and isinstance(r.get(metric), (int, float))]
@@ -106,5 +104,4 @@ def plot_loss_curves(records: Iterable[dict], out_path: str, *, title: str = "")
     fig.tight_layout()
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
     fig.savefig(out_path)
-    plt.close(fig)
     return out_path

@@ -162,13 +162,11 @@ def plot_views(truth: np.ndarray, rendered: np.ndarray, depth: np.ndarray, path:
     """Held-out views [V, H, W, 3]: ground truth over the NeRF render (titled with its PSNR) over its depth."""
     import os
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from train.figures import new_figure
 
     views = len(truth)
-    fig, axes = plt.subplots(3, views, figsize=(1.4 * views + 0.8, 4.9), dpi=110, squeeze=False)
+    fig = new_figure(figsize=(1.4 * views + 0.8, 4.9), dpi=110)
+    axes = fig.subplots(3, views, squeeze=False)
     rendered = np.clip(rendered, 0.0, 1.0)
     for v in range(views):
         mse = float(np.mean((rendered[v] - truth[v]) ** 2))
@@ -186,5 +184,4 @@ def plot_views(truth: np.ndarray, rendered: np.ndarray, depth: np.ndarray, path:
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path

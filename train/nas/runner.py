@@ -409,15 +409,12 @@ def comparison_table(comparison: dict, optimum: float | None) -> list[str]:
 
 def plot_search(results: dict, out_dir: str, unit: str, *, op_frequency_plots: bool = True) -> list[str]:
     """best-so-far vs evaluations (mean over seeds per strategy) and (cells) the final population's per-edge op frequencies."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from train.figures import new_figure
     from train.nas.history import best_so_far
 
     os.makedirs(out_dir, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = new_figure(figsize=(6, 4))
+    ax = fig.subplots()
     for strategy, runs in results.items():
         curves = [best_so_far(r["scores"]) for r in runs]
         n = min(len(c) for c in curves)
@@ -429,12 +426,12 @@ def plot_search(results: dict, out_dir: str, unit: str, *, op_frequency_plots: b
     fig.tight_layout()
     curve_path = os.path.join(out_dir, "best_so_far.png")
     fig.savefig(curve_path, dpi=100)
-    plt.close(fig)
 
     paths = [curve_path]
     for strategy, runs in results.items() if op_frequency_plots else ():
         final = np.concatenate([_final_population(r) for r in runs])
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig = new_figure(figsize=(6, 3.5))
+        ax = fig.subplots()
         image = ax.imshow(op_frequencies(final), vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(NUM_OPS), OPS, rotation=30, ha="right")
         ax.set_yticks(range(NUM_EDGES), [f"edge {e + 1}" for e in range(NUM_EDGES)])
@@ -443,7 +440,6 @@ def plot_search(results: dict, out_dir: str, unit: str, *, op_frequency_plots: b
         fig.tight_layout()
         path = os.path.join(out_dir, f"op_frequencies_{strategy}.png")
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         paths.append(path)
     return paths
 
