@@ -325,8 +325,8 @@ def _writes_files() -> bool:
 
 
 def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, max_cycles: int | None = None, echo=print):
-    """One strategy, one seed, resumable: returns its trimmed History."""
-    run_dir = os.path.join(workdir, strategy, f"seed_{seed}")
+    """One strategy, one seed, resumable: returns its final strategy state and trimmed History."""
+    run_dir = os.path.join(os.path.abspath(workdir), strategy, f"seed_{seed}")
     os.makedirs(run_dir, exist_ok=True)
     history_path = os.path.join(run_dir, "history.jsonl")
     budget = config.search.budget
@@ -361,6 +361,7 @@ def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, m
 
 def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: int | None = None, echo=print) -> dict:
     """Every strategy x seed (resuming any that stopped), then best.json, comparison.json and plots."""
+    workdir = os.path.abspath(workdir)  # orbax wants absolute paths; notebooks pass relative ones
     check_same_space(config, workdir)
     scorer = Scorer(config)
     os.makedirs(workdir, exist_ok=True)
