@@ -10,18 +10,21 @@ expected scale), as in StyleGAN2. With the weight ``W[in, out]``, style ``s[b, i
 computed as scale-input / shared matmul-or-conv / scale-output (no per-example weights are
 materialised). ``sample_shape`` picks the synthesis: ``(D,)`` points (the ring of Gaussians)
 use modulated dense layers; ``(H, W, C)`` images use modulated 3x3 convs from a 4x4 constant,
-doubling the resolution until H. Params are ``{"generator": ..., "discriminator": ...}``: the
+doubling the resolution until H (then a linear resize to H, as two constant matmuls that export
+with a symbolic batch, when H is not 4 times a power of 2). Params are ``{"generator": ..., "discriminator": ...}``: the
 two param groups the trainer gives separate optimizers (``ModelSpec.param_groups``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _lrelu(x):
@@ -80,6 +83,30 @@ class ModulatedLayer(nn.Module):
         return y + bias
 
 
+@functools.lru_cache(maxsize=None)
+def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """[out_size, in_size] float32 weights of ``jax.image.resize(..., "linear")`` along one axis.
+
+    Linear resize (antialiased when shrinking) is separable and linear, so it is this matrix
+    applied to each spatial axis; it is read off by resizing the identity, so it is jax's own kernel.
+    """
+    with jax.ensure_compile_time_eval():  # a constant even when called inside jit or an export trace
+        return np.asarray(jax.image.resize(jnp.eye(in_size, dtype=jnp.float32), (out_size, in_size), "linear"))
+
+
+def linear_resize_square(x: jax.Array, size: int) -> jax.Array:
+    """``jax.image.resize(x, (batch, size, size, C), "linear")`` of NHWC ``x`` as two constant matmuls.
+
+    Equal to the resize to float rounding; unlike it, it exports to ONNX with a symbolic batch
+    (jax2onnx's resize converter needs a constant batch).
+    """
+    rows = jnp.asarray(linear_resize_matrix(x.shape[1], size), x.dtype)
+    cols = jnp.asarray(linear_resize_matrix(x.shape[2], size), x.dtype)
+    precision = jax.lax.Precision.HIGHEST  # as jax.image.resize
+    x = jnp.einsum("oh,bhwc->bowc", rows, x, precision=precision)
+    return jnp.einsum("pw,bowc->bopc", cols, x, precision=precision)
+
+
 class Generator(nn.Module):
     sample_shape: tuple
     latent_dim: int
@@ -112,7 +139,7 @@ class Generator(nn.Module):
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
             resolution, block = 2 * resolution, block + 1
         if resolution != height:
-            x = jax.image.resize(x, (batch, height, height, self.width), "linear")
+            x = linear_resize_square(x, height)
         rgb = ModulatedLayer(channels, kernel_size=1, demodulate=False, name="to_output")(x, w)
         return nn.sigmoid(rgb)  # images live in [0, 1]
 

@@ -6,6 +6,11 @@ shape annotations are recomputed by ONNX's own inference: jax2onnx 0.17 can leav
 on tensors whose layout transposes it removed (a ResNet's residual Add then fails onnxruntime's
 shape check), while the computation itself is right; outputs whose batch axis came out as an
 anonymous dynamic dim are named ``B`` like the input. The file is checked with ``onnx.checker``.
+
+int8 models (``model.quant=int8``) export with their rounding in the graph (Div, Clip, Round on
+the inputs and kernels of every Dense/Conv, integer-code MatMul/Conv, one rescale): arch.quant
+writes those layers out so jax2onnx traces them instead of substituting its float Dense/Conv.
+A graph of an int8 model without Round ops would be the float model, and is refused.
 """
 
 from __future__ import annotations
@@ -26,12 +31,6 @@ NORMALIZATION_MODE = "prefer_native"
 
 def convert_to_onnx(model: InferenceModel):
     """The checked ``onnx.ModelProto`` of ``model``; an unconvertible primitive raises ExportError in one line."""
-    if "quant" in model.variables:
-        # jax2onnx 0.17 converts flax's nn.Dense / nn.Conv by its own plugins, which do not call the
-        # dot_general / conv hooks arch.quant puts the int8 rounding in: the file would be the float
-        # model (measured: 0.036 max abs error on the CNN, every Round gone). Refuse rather than ship it.
-        raise ExportError(f"model {model.model_name!r} is int8 fake-quantised (model.quant=int8), which jax2onnx 0.17 exports as the "
-                          f"float model; export it with --formats=saved_model (exact)")
     import jax
     import onnx
     from jax2onnx import to_onnx
@@ -58,6 +57,9 @@ def convert_to_onnx(model: InferenceModel):
         if dims and not dims[0].dim_value:
             dims[0].dim_param = BATCH_DIM
     onnx.checker.check_model(proto, full_check=True)
+    if "quant" in model.variables and not any(node.op_type == "Round" for node in proto.graph.node):
+        raise ExportError(f"model {model.model_name!r} is int8 (model.quant=int8) but its ONNX graph has no Round op, so it would be "
+                          f"the float model; its Dense/Conv layers must be arch.quant's Int8Dense/Int8Conv")
     return proto
 
 

@@ -45,6 +45,7 @@ FAMILIES = {
     "lstm_classifier": ("lstm_classifier", dict(data__seq_len=8), {"hidden": 16, "embed_dim": 8}),
     "gan_points": ("gan", {}, {"sample_shape": (2,), "width": 16, "style_dim": 16}),
     "gan_images": ("gan", {}, {"sample_shape": (8, 8, 1), "width": 8, "style_dim": 16}),
+    "gan_images_resized": ("gan", {}, {"sample_shape": (6, 6, 1), "width": 8, "style_dim": 16}),  # 4 -> 8, resized to 6
     "nerf": ("nerf", {}, {"width": 16}),
 }
 
@@ -393,15 +394,92 @@ def test_backends_take_turns_and_each_gets_its_repeats():
     assert timed == "aaa" "bbb" "aa" "bb" "aa" "bb"  # 7 = 3 + 2 + 2 calls per turn, backends alternating
 
 
+# --------------------------------------------------------------------------- int8 (arch/quant.py) models
+
+INT8_CNN = dict(model__channels="4,8", model__dense=16, data__image_size=8, train__batch_size=16, train__steps=6,
+                train__log_every=3, train__eval_every=3, checkpoint__every=3)
+INT8_QUANTISERS = 4  # conv_0, conv_1, dense, head: each rounds its input and its kernel
+
+
+@pytest.fixture(scope="module")
+def int8_runs(tmp_path_factory):
+    """A quantisation-aware-trained tiny int8 CNN, and a float run with its post-training-quantised copy."""
+    from train.loop import train_and_evaluate
+    from train.quantize import quantize_run
+
+    root = tmp_path_factory.mktemp("int8")
+    quiet = dict(progress=False, echo=lambda *a: None)
+    train_and_evaluate(tiny_config("cnn", model__quant="int8", **INT8_CNN), str(root / "qat"), **quiet)
+    train_and_evaluate(tiny_config("cnn", **INT8_CNN), str(root / "f32"), **quiet)
+    quantize_run(str(root / "f32"), calibration_batches=2, out=str(root / "ptq"), notify=lambda *a: None)
+    return root
+
+
+def _float_twin(model):
+    """The same run's params as the float CNN (no ``quant`` collection): what a float-only export computes."""
+    from deploy.checkpoint import inference_model
+
+    config = tiny_config("cnn", **INT8_CNN)
+    variables = {k: v for k, v in model.variables.items() if k != "quant"}
+    return inference_model(config, variables.pop("params"), variables, model.step, (1, *model.input_shape), model.input_dtype)
+
+
 @needs_export
-def test_int8_model_exports_exactly_to_saved_model_and_onnx_refuses_in_one_line(tmp_path):
-    """jax2onnx's flax Dense/Conv plugins skip arch.quant's rounding hooks, so ONNX would be the
-    float model: refused. The SavedModel (jax2tf traces the hooks) matches the int8 model exactly."""
+@pytest.mark.parametrize("run", ["qat", "ptq"])
+def test_int8_cnn_round_trips_to_onnx_with_the_rounding_in_the_graph(run, int8_runs, tmp_path):
+    """The ONNX file computes the int8 model (Round ops present, parity with JAX's int8 model at two
+    batch sizes) and not the float model its params would also give."""
+    import onnx
+
+    from deploy.checkpoint import jit_runner, load_inference_model
+    from deploy.onnx_export import export_onnx, onnxruntime_runner
+    from deploy.parity import check_parity
+
+    model = load_inference_model(str(int8_runs / run), notify=lambda *a: None)
+    assert "quant" in model.variables and model.step == 6
+    path = str(tmp_path / "model.onnx")
+    export_onnx(model, path)
+    ops = [node.op_type for node in onnx.load(path).graph.node]
+    assert ops.count("Round") >= 2 * INT8_QUANTISERS and ops.count("Clip") >= INT8_QUANTISERS, sorted(set(ops))
+
+    inputs = {b: model.input_batch(b, seed=b) for b in (1, 64)}
+    ort, reference = onnxruntime_runner(model, path), jit_runner(model)
+    record = check_parity("onnx", ort, reference, inputs)
+    assert record["passed"] and record["max_abs"] <= 1e-5 * max(1.0, record["batches"]["64"]["ref_scale"]), record
+    float_gap = np.abs(ort(inputs[64])[0] - jit_runner(_float_twin(model))(inputs[64])[0]).max()
+    assert float_gap > 100 * max(record["max_abs"], 1e-6), (float_gap, record["max_abs"])  # the float model is far away
+
+
+@needs_export
+def test_int8_run_exports_through_the_pipeline_with_both_formats_in_tolerance(int8_runs):
+    from deploy.pipeline import export_run
+
+    report = export_run(str(int8_runs / "qat"), str(int8_runs / "qat_export"), formats=("saved_model", "onnx"), batches=(1, 4, 6),
+                        notify=lambda *a: None)
+    for name in ("saved_model", "onnx"):
+        record = report["formats"][name]
+        assert record["passed"] and record["max_abs"] <= 1e-5 and set(record["batches"]) == {"1", "6"}, record
+    assert report["formats"]["onnx"]["inputs"] == {"images": ["B", 8, 8, 1]}
+
+
+@needs_export
+def test_int8_model_whose_graph_lost_its_rounding_is_refused():
+    """An int8 model whose layers an exporter swapped for float ones must not ship as the float model."""
+    from deploy import ExportError
+    from deploy.checkpoint import InferenceModel
+    from deploy.onnx_export import convert_to_onnx
+
+    model = InferenceModel("toy", 0, lambda v, x: (x * 2.0,), {"quant": {}}, "images", (4,), "float32", ("y",))
+    with pytest.raises(ExportError, match="int8 .* no Round op"):
+        convert_to_onnx(model)
+
+
+@needs_export
+def test_int8_model_exports_exactly_to_saved_model(tmp_path):
+    """jax2tf traces arch.quant's rounding: the SavedModel matches the int8 model exactly."""
     import jax
 
-    from deploy import ExportError
     from deploy.checkpoint import jit_runner, random_inference_model
-    from deploy.onnx_export import export_onnx
     from deploy.saved_model import export_saved_model, saved_model_runner
 
     config = tiny_config("cnn", data__image_size=8, model__quant="int8")
@@ -413,6 +491,3 @@ def test_int8_model_exports_exactly_to_saved_model_and_onnx_refuses_in_one_line(
     assert np.abs(jit_runner(float_model)(x)[0] - reference).max() > 1e-3  # the int8 rounding is really there
     saved = saved_model_runner(model, export_saved_model(model, str(tmp_path / "saved_model")))
     np.testing.assert_allclose(saved(x)[0], reference, atol=1e-5)
-    with pytest.raises(ExportError, match=r"int8 fake-quantised .* --formats=saved_model"):
-        export_onnx(model, str(tmp_path / "model.onnx"))
-    assert not (tmp_path / "model.onnx").exists()

@@ -104,6 +104,31 @@ def test_generator_fits_a_fixed_batch():
     assert distance(state.params) < before / 4
 
 
+@pytest.mark.parametrize("in_size,out_size", [(16, 12), (8, 6), (32, 20), (8, 5), (4, 7)])
+def test_linear_resize_as_matmuls_equals_jax_image_resize(in_size, out_size):
+    """Shrinking (antialiased) and growing: the two constant matmuls are jax.image.resize "linear"."""
+    from arch.gan import linear_resize_square
+
+    x = jax.random.normal(jax.random.PRNGKey(in_size * out_size), (3, in_size, in_size, 5))
+    expected = jax.image.resize(x, (3, out_size, out_size, 5), "linear")
+    np.testing.assert_allclose(linear_resize_square(x, out_size), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(linear_resize_square, static_argnums=1)(x, out_size), expected, rtol=0, atol=1e-6)
+
+
+def test_generator_at_a_non_power_of_two_size_is_unchanged_by_the_matmul_resize(monkeypatch):
+    """A 12x12 generator (4 -> 8 -> 16, then resized to 12) gives what it gave with jax.image.resize."""
+    import arch.gan as gan
+
+    _, module = _gan((12, 12, 1))
+    z = jax.random.normal(jax.random.PRNGKey(1), (4, 8))
+    variables = module.init(jax.random.PRNGKey(0), jnp.zeros((4, 12, 12, 1)))
+    samples = module.apply(variables, z, method=module.generate)
+    assert samples.shape == (4, 12, 12, 1)
+    monkeypatch.setattr(gan, "linear_resize_square",
+                        lambda x, size: jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "linear"))
+    np.testing.assert_allclose(samples, module.apply(variables, z, method=module.generate), rtol=0, atol=1e-6)
+
+
 def test_minibatch_std_feature_sees_a_collapsed_batch():
     from arch.gan import minibatch_std
 

@@ -47,6 +47,60 @@ def test_straight_through_gradient_is_identity_inside_the_clip_range_and_zero_ou
     np.testing.assert_array_equal(np.asarray(grad), np.where(inside, np.asarray(cotangent), 0.0))
 
 
+def test_int8_matmul_sums_integer_codes_exactly_and_equals_the_fake_quantised_matmul():
+    from arch.quant import QuantDotGeneral, fake_quant, quantize_to_codes, weight_scale
+
+    x = jax.random.normal(jax.random.PRNGKey(2), (6, 40)) * 2.0
+    w = jax.random.normal(jax.random.PRNGKey(3), (40, 7)) * jnp.linspace(0.1, 3.0, 7)
+    codes = np.asarray(quantize_to_codes(x, jnp.float32(0.05)))
+    np.testing.assert_array_equal(codes, np.round(codes))  # exact integers, clipped to the int8 range
+    assert np.abs(codes).max() == 127
+    dn = (((1,), (0,)), ((), ()))
+    layer = QuantDotGeneral()
+    variables = layer.init(jax.random.PRNGKey(0), x, w, dn)
+    _, observed = layer.apply(variables, x, w, dn, mutable=["quant"])  # one observation sets amax
+    variables = {**variables, **observed}
+    y = layer.apply(variables, x, w, dn)
+    amax = float(variables["quant"]["input"]["amax"])
+    x_codes = np.asarray(quantize_to_codes(x, jnp.float32(amax / 127)), np.int64)
+    w_codes = np.asarray(quantize_to_codes(w, weight_scale(w)), np.int64)
+    exact = (x_codes @ w_codes) * (np.float32(amax / 127) * np.asarray(weight_scale(w)).reshape(-1))
+    np.testing.assert_allclose(y, exact, rtol=1e-6, atol=1e-6)  # integer sums exact, one float rescale
+    fake = fake_quant(x, jnp.float32(amax / 127)) @ fake_quant(w, weight_scale(w))
+    np.testing.assert_allclose(y, fake, rtol=1e-5, atol=1e-5)
+    grad = jax.grad(lambda v: jnp.sum(layer.apply(variables, v, w, dn) ** 2))(x)
+    fake_grad = jax.grad(lambda v: jnp.sum((fake_quant(v, jnp.float32(amax / 127)) @ fake_quant(w, weight_scale(w))) ** 2))(x)
+    np.testing.assert_allclose(grad, fake_grad, rtol=1e-4, atol=1e-4)  # the same straight-through gradient
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=(3, 3), padding="SAME"), dict(kernel_size=(3, 3), strides=(2, 2), use_bias=False),
+                                    dict(kernel_size=(1, 1), strides=2, padding="VALID"), dict(kernel_size=(3, 3), feature_group_count=2),
+                                    dict(kernel_size=(2, 2), padding=((1, 0), (0, 1)), kernel_dilation=2), None])
+def test_int8_layers_are_flax_layers_with_the_quant_hooks(kwargs):
+    """Int8Conv / Int8Dense (written out so exporters trace them) equal nn.Conv / nn.Dense with the
+    hooks: same params, same ``quant`` collection paths, same outputs."""
+    import functools
+
+    import flax.linen as nn
+
+    from arch.quant import Int8Conv, Int8Dense, QuantConvGeneralDilated, QuantDotGeneral
+
+    if kwargs is None:
+        ours, hooked, x = Int8Dense(6), nn.Dense(6, dot_general_cls=QuantDotGeneral), jnp.ones((3, 5))
+    else:
+        ours = Int8Conv(8, **kwargs)
+        hooked = functools.partial(nn.Conv, conv_general_dilated_cls=QuantConvGeneralDilated)(8, **kwargs)
+        x = jnp.ones((2, 9, 9, 4))
+    x = x * jnp.linspace(-2.0, 3.0, x.shape[-1])
+    variables = hooked.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.structure(ours.init(jax.random.PRNGKey(0), x)) == jax.tree.structure(variables)
+    _, updated = hooked.apply(variables, x, mutable=["quant"])
+    _, updated_ours = ours.apply(variables, x, mutable=["quant"])
+    jax.tree.map(np.testing.assert_array_equal, updated_ours, updated)
+    variables = {**variables, **updated}
+    np.testing.assert_allclose(ours.apply(variables, x), hooked.apply(variables, x), rtol=1e-6, atol=1e-6)
+
+
 def _tiny_cnn(quant):
     from arch.cnn import CNN
 
