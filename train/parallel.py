@@ -161,7 +161,7 @@ def logical_shardings(boxed_tree, mesh: Mesh, rules, notes: list[str] | None = N
     def fit(path, spec, leaf):
         fitted, dropped = _fit_spec(spec, tuple(leaf.shape), sizes)
         if dropped and notes is not None:
-            notes.append(f"{_path_name(path)} {tuple(leaf.shape)}: dim {dropped} not divisible as {spec}; replicated along it")
+            notes.append(f"{param_path_name(path)} {tuple(leaf.shape)}: dim {dropped} not divisible as {spec}; replicated along it")
         return NamedSharding(mesh, fitted)
 
     return jax.tree_util.tree_map_with_path(fit, mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
@@ -195,7 +195,8 @@ def gather_to_host(tree, mesh: Mesh):
 # ------------------------------------------------------------------------------ start-up report
 
 
-def _path_name(path) -> str:
+def param_path_name(path) -> str:
+    """A param's tree path as ``layer_0/attn/qkv``: the name in start-up reports and placement tables."""
     parts = []
     for entry in path:
         for attr in ("key", "name", "idx"):
@@ -217,7 +218,7 @@ def sharding_report(params, shardings, mesh: Mesh, *, top: int = 6, replicated_w
         f"mesh: {', '.join(f'{k}={v}' for k, v in mesh_shape(mesh).items())}",
     ]
     rows = [
-        (_path_name(path), tuple(leaf.shape), sharding.spec)
+        (param_path_name(path), tuple(leaf.shape), sharding.spec)
         for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(shardings))
     ]
     rows.sort(key=lambda r: -math.prod(r[1]))
