@@ -13,7 +13,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import DEFAULT_INIT, CausalSelfAttention, GatheredEmbed, MlpBlock, logical_init, token_matmul
+from arch.layers import (
+    DEFAULT_INIT,
+    CausalSelfAttention,
+    GatheredEmbed,
+    MlpBlock,
+    logical_init,
+    rotary_tables,
+    static_rotary_tables,
+    token_matmul,
+)
 
 Dtype = Any
 
@@ -29,7 +38,10 @@ def _layer_norm(dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
 
 
 class DecoderBlock(nn.Module):
-    """x + Attn(LN(x)), then x + MLP(LN(x)). Returns ``(x, None)`` so it can be ``nn.scan``-ned."""
+    """x + Attn(LN(x)), then x + MLP(LN(x)). Returns ``(x, None)`` so it can be ``nn.scan``-ned.
+
+    ``rope`` is the model's rotary (sin, cos) tables, computed once for all layers (None: learned positions).
+    """
 
     num_heads: int
     head_dim: int
@@ -43,7 +55,7 @@ class DecoderBlock(nn.Module):
     param_dtype: Dtype
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array):
+    def __call__(self, x: jax.Array, positions: jax.Array, rope=None):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         h = _layer_norm(self.dtype, self.param_dtype, "ln_attn")(x)
         x = x + CausalSelfAttention(
@@ -56,7 +68,7 @@ class DecoderBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="attn",
-        )(h, positions, self.deterministic)
+        )(h, positions, self.deterministic, rope)
         h = _layer_norm(self.dtype, self.param_dtype, "ln_mlp")(x)
         x = x + MlpBlock(
             hidden_dim=self.mlp_dim,
@@ -101,6 +113,12 @@ class TransformerLM(nn.Module):
         else:
             start = 0
         positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+        head_dim = self.d_model // self.num_heads
+        rope = None
+        if self.positional == "rotary":
+            # Once per model, not per layer; without a cache the positions are 0..length-1, known
+            # while tracing, so the tables are constants of the compiled program.
+            rope = rotary_tables(positions, head_dim) if self.decode else static_rotary_tables(length, head_dim)
 
         embed = GatheredEmbed(
             self.vocab_size,
@@ -126,7 +144,7 @@ class TransformerLM(nn.Module):
             block = nn.remat(block, prevent_cse=not self.scan_layers)
         block_kwargs = dict(
             num_heads=self.num_heads,
-            head_dim=self.d_model // self.num_heads,
+            head_dim=head_dim,
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
             rotary=self.positional == "rotary",
@@ -145,10 +163,10 @@ class TransformerLM(nn.Module):
                 length=self.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = stack(**block_kwargs, name="layers")(x, positions)
+            x, _ = stack(**block_kwargs, name="layers")(x, positions, rope)
         else:
             for i in range(self.num_layers):
-                x, _ = block(**block_kwargs, name=f"layer_{i}")(x, positions)
+                x, _ = block(**block_kwargs, name=f"layer_{i}")(x, positions, rope)
 
         x = _layer_norm(self.dtype, self.param_dtype, "ln_final")(x)
         if self.tie_embeddings:

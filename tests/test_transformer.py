@@ -138,3 +138,69 @@ def test_rotary_embedding_equals_the_written_out_rotation():
     x1, x2 = x[..., :half].astype(np.float64), x[..., half:].astype(np.float64)
     expected = np.concatenate([x1 * np.cos(angle) - x2 * np.sin(angle), x2 * np.cos(angle) + x1 * np.sin(angle)], -1)
     np.testing.assert_allclose(np.asarray(rotary_embedding(jnp.asarray(x), jnp.asarray(positions))), expected, atol=2e-5)
+
+
+def _straightforward_logits(params, tokens, num_heads):
+    """The model written out plainly: per-layer RoPE from positions, the full masked T x T square,
+    the 1/sqrt(head_dim) scale on the scores. The fast path (static tables once per model, the
+    scale folded into the query's tables, causal query blocks) must compute the same function."""
+
+    def layer_norm(x, p):
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / jnp.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+
+    def rope(x, positions):
+        half = x.shape[-1] // 2
+        angle = positions[:, :, None, None] * 10_000.0 ** (-jnp.arange(half, dtype=jnp.float32) / half)
+        x1, x2 = x[..., :half], x[..., half:]
+        return jnp.concatenate([x1 * jnp.cos(angle) - x2 * jnp.sin(angle), x2 * jnp.cos(angle) + x1 * jnp.sin(angle)], -1)
+
+    batch, length = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.float32), (batch, length))
+    table = params["embed"]["embedding"]
+    x = table[tokens]
+    for i in range(sum(k.startswith("layer_") for k in params)):
+        p = params[f"layer_{i}"]
+        h = layer_norm(x, p["ln_attn"])
+        qkv = jnp.einsum("btd,dsnh->btsnh", h, p["attn"]["qkv"])
+        q, k, v = rope(qkv[:, :, 0], positions), rope(qkv[:, :, 1], positions), qkv[:, :, 2]
+        scores = jnp.einsum("bqnh,bknh->bnqk", q, k) / jnp.sqrt(q.shape[-1])
+        scores = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores, -jnp.inf)
+        attn = jnp.einsum("bnqk,bknh->bqnh", jax.nn.softmax(scores, -1), v)
+        x = x + jnp.einsum("bqnh,nhd->bqd", attn, p["attn"]["out"])
+        h = layer_norm(x, p["ln_mlp"])
+        h = jax.nn.gelu(h @ p["mlp"]["wi"] + p["mlp"]["bi"])
+        x = x + h @ p["mlp"]["wo"] + p["mlp"]["bo"]
+    return layer_norm(x, params["ln_final"]) @ table.T
+
+
+@pytest.mark.parametrize("length", [16, 15])  # 15: the query blocks do not divide it (one block)
+def test_fast_attention_path_equals_the_straightforward_model(length):
+    """Outputs and gradients of the model equal the plainly written model (docs/performance.md):
+    the speed-ups may not change the function, only how it is computed."""
+    _, _, module, params, tokens = _build(model__num_heads="2")
+    tokens = tokens[:, :length]
+    np.testing.assert_allclose(module.apply({"params": params}, tokens), _straightforward_logits(params, tokens, 2), atol=2e-6, rtol=1e-5)
+
+    def loss(fn):
+        return lambda p: jnp.mean(jax.nn.log_softmax(fn(p))[..., 0])
+
+    fast = jax.grad(loss(lambda p: module.apply({"params": p}, tokens)))(params)
+    plain = jax.grad(loss(lambda p: _straightforward_logits(p, tokens, 2)))(params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4), fast, plain)
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 4, 3])  # 3 does not divide 16: falls back to one block
+def test_causal_query_blocks_equal_the_full_masked_square(blocks):
+    from arch.layers import causal_attention, masked_attention
+
+    rng = np.random.default_rng(2)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 16, 3, 8)), jnp.float32) for _ in range(3))
+    full = masked_attention(q, k, v, jnp.tril(jnp.ones((16, 16), bool)))
+    np.testing.assert_allclose(causal_attention(q, k, v, query_blocks=blocks), full, atol=1e-6)
+    grad = lambda f: jax.grad(lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v))), argnums=(0, 1, 2))(q, k, v)
+    blocked = grad(lambda q, k, v: causal_attention(q, k, v, query_blocks=blocks))
+    square = grad(lambda q, k, v: masked_attention(q, k, v, jnp.tril(jnp.ones((16, 16), bool))))
+    for a, b in zip(blocked, square):
+        np.testing.assert_allclose(a, b, atol=1e-6)
