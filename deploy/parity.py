@@ -5,6 +5,13 @@ holds the max absolute error and the max relative error (max |got - ref| / max |
 so a near-zero reference element does not blow it up). A format passes when its max absolute error
 is within ``tolerance * max(1, max |ref|)``: 1e-5 in float32 (1e-2 for fp16 engines) for outputs of
 order one, scaled for larger ones such as LM logits.
+
+int8 models (``model.quant=int8``) get 1e-2 in runtimes other than XLA: a value within float
+rounding of a rounding boundary (code + 0.5) can round to the neighbouring int8 code in one runtime
+and not the other (the inputs of later layers differ at 1e-7), and one flipped code moves a logit by
+about one quantisation step. The record counts the examples beyond the float32 bound, so a reader
+sees how rare such flips are (measured on a 200-step int8 CNN: 6 of 512 random inputs, up to 0.03,
+argmax unchanged).
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ import numpy as np
 
 from deploy import ParityError
 
-TOLERANCE = {"float32": 1e-5, "float16": 1e-2}
+TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "int8": 1e-2}
 
 
 def compare_outputs(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> dict:
-    """``{"max_abs", "max_rel", "ref_scale"}`` over all outputs (shapes must match)."""
+    """``{"max_abs", "max_rel", "ref_scale", "example_max_abs"}`` over all outputs (shapes must match);
+    ``example_max_abs`` is the max abs error of each example (leading axis), over all outputs."""
     max_abs = max_rel = scale = 0.0
+    per_example = None
     for ref, out in zip(reference, got, strict=True):
         ref = np.asarray(ref, np.float64)
         out = np.asarray(out, np.float64)
@@ -31,7 +40,11 @@ def compare_outputs(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) 
         max_abs = max(max_abs, err)
         max_rel = max(max_rel, err / max(ref_max, 1e-30))
         scale = max(scale, ref_max)
-    return {"max_abs": max_abs, "max_rel": max_rel, "ref_scale": scale}
+        if ref.ndim and ref.size:
+            rows = np.abs(out - ref).reshape(ref.shape[0], -1).max(axis=1)
+            per_example = rows if per_example is None else np.maximum(per_example, rows)
+    return {"max_abs": max_abs, "max_rel": max_rel, "ref_scale": scale,
+            "example_max_abs": [] if per_example is None else per_example.tolist()}
 
 
 def check_parity(
@@ -48,9 +61,13 @@ def check_parity(
         per_batch[str(batch)] = compare_outputs(reference(x), run(x))
     max_abs = max(r["max_abs"] for r in per_batch.values())
     max_rel = max(r["max_rel"] for r in per_batch.values())
-    bound = tolerance * max(1.0, max(r["ref_scale"] for r in per_batch.values()))
+    scale = max(1.0, max(r["ref_scale"] for r in per_batch.values()))
+    bound = tolerance * scale
+    examples = [e for r in per_batch.values() for e in r.pop("example_max_abs")]
+    beyond = sum(e > TOLERANCE["float32"] * scale for e in examples)
     return {"format": name, "precision": precision, "tolerance": tolerance, "bound": bound, "max_abs": max_abs,
-            "max_rel": max_rel, "batches": per_batch, "passed": bool(max_abs <= bound)}
+            "max_rel": max_rel, "batches": per_batch, "examples_beyond_float32_bound": f"{beyond}/{len(examples)}",
+            "passed": bool(max_abs <= bound)}
 
 
 def raise_on_failure(records: Sequence[dict]) -> None:

@@ -95,7 +95,7 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
         artifacts["onnx"] = {"path": onnx_path, **describe_io(proto)}
         if "onnx" in formats:
             runners["onnxruntime"] = onnxruntime_runner(model, onnx_path)
-            records.append(check_parity("onnx", runners["onnxruntime"], reference, inputs))
+            records.append(check_parity("onnx", runners["onnxruntime"], reference, inputs, _precision(model)))
     if "tensorrt" in formats:
         records += _tensorrt(model, onnx_path, out, batches, precisions, reference, inputs, runners, artifacts, notify)
 
@@ -137,8 +137,13 @@ def _tensorrt(model: InferenceModel, onnx_path, out, batches, precisions, refere
         name = f"tensorrt_{precision}"
         runners[name] = runner
         artifacts[name] = {"path": engine_path, "tensorrt": trt.__version__, "profile": list(batches)}
-        records.append(check_parity(name, runner, reference, inputs, "float16" if precision == "fp16" else "float32"))
+        records.append(check_parity(name, runner, reference, inputs, "float16" if precision == "fp16" else _precision(model)))
     return records
+
+
+def _precision(model: InferenceModel) -> str:
+    """Parity precision outside XLA: "int8" for fake-quantised models (see deploy.parity), else "float32"."""
+    return "int8" if "quant" in model.variables else "float32"
 
 
 def _cached(run):
