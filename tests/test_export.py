@@ -149,9 +149,9 @@ def test_export_cli_writes_checked_artifacts_and_report(exported_cnn):
     assert "Traceback" not in proc.stderr
     report = json.loads((out / "export_report.json").read_text())
     assert report["model"] == "cnn" and report["step"] == 3 and report["batches"]["parity"] == [1, 6]
-    saved, onnx_record = report["formats"]["saved_model"], report["formats"]["onnx"]
-    assert saved["precision"] == "float32" and saved["passed"] and saved["max_abs"] <= 1e-5, saved  # XLA both ways: exact
-    assert onnx_record["precision"] == "int8" and onnx_record["passed"] and set(onnx_record["batches"]) == {"1", "6"}, onnx_record
+    for name in ("saved_model", "onnx"):
+        record = report["formats"][name]
+        assert record["precision"] == "float32" and record["passed"] and record["max_abs"] <= 1e-5 and set(record["batches"]) == {"1", "6"}, record
     assert report["formats"]["onnx"]["inputs"] == {"images": ["B", 8, 8, 1]}
     assert report["formats"]["onnx"]["outputs"] == {"logits": ["B", 10]}
     assert (out / "saved_model" / "saved_model.pb").exists()

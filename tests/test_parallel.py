@@ -101,7 +101,7 @@ GOLDEN_SHARDINGS = {
 @pytest.mark.parametrize("rules", sorted(GOLDEN_SHARDINGS))
 def test_golden_shardings(rules):
     run = Run(tiny_config(model__num_heads="4", parallel__mesh="data:2,fsdp:2,model:2", parallel__rules=rules))
-    specs = {parallel._path_name(p): tuple(s.spec) for p, s in jax.tree_util.tree_leaves_with_path(run.state_shardings.params)}
+    specs = {parallel.param_path_name(p): tuple(s.spec) for p, s in jax.tree_util.tree_leaves_with_path(run.state_shardings.params)}
     for name, spec in specs.items():
         expected = GOLDEN_SHARDINGS[rules].get(name.replace("layer_1/", "layer_0/"))
         if expected is None:

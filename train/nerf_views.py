@@ -9,9 +9,16 @@ one compile serves any image size and memory stays bounded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def render_rays(module, params, model_state, rays: jax.Array) -> dict[str, jax.Array]:
+    """One chunk of rays [N, 6] through a NeRF module, deterministic (compiled once per module and chunk size)."""
+    return module.apply({"params": params, **model_state}, rays, deterministic=True)
 
 
 def render_rays_in_chunks(module, params, model_state, rays: np.ndarray, chunk: int = 2048) -> dict[str, np.ndarray]:
@@ -23,9 +30,8 @@ def render_rays_in_chunks(module, params, model_state, rays: np.ndarray, chunk: 
     rays = np.asarray(rays, np.float32)
     flat = rays.reshape(-1, 6)
     padded = np.concatenate([flat, np.repeat(flat[:1], -len(flat) % chunk, axis=0)])
-    render = jax.jit(lambda variables, r: module.apply(variables, r, deterministic=True))
-    variables = {"params": params, **dict(model_state or {})}
-    outputs = [render(variables, padded[i : i + chunk]) for i in range(0, len(padded), chunk)]
+    model_state = dict(model_state or {})
+    outputs = [render_rays(module, params, model_state, padded[i : i + chunk]) for i in range(0, len(padded), chunk)]
     rgb = np.concatenate([np.asarray(o["rgb"]) for o in outputs])[: len(flat)]
     depth = np.concatenate([np.asarray(o["depth"]) for o in outputs])[: len(flat)]
     return {"rgb": rgb.reshape(rays.shape[:-1] + (3,)), "depth": depth.reshape(rays.shape[:-1])}

@@ -10,7 +10,6 @@ a registry entry names its task, and a new family reuses one or extends this fil
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable
 
@@ -276,24 +275,15 @@ def _nerf_report(metrics: dict) -> str:
     return line + f"; loss {metrics['loss']:.5f})"
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _nerf_render(module, params, model_state, rays):
-    return module.apply({"params": params, **model_state}, rays, deterministic=True)
-
-
 def _nerf_plot(module, params, model_state, dataset, plot_dir, step, chunk: int = 2048):
     import os
     import shutil
 
+    from train.nerf_views import render_rays_in_chunks
     from train.scene import plot_views
 
-    views = dataset.extras["rays"]  # [V, H, W, 6]
-    rays = views.reshape(-1, 6)
-    padded = np.concatenate([rays, np.repeat(rays[:1], -len(rays) % chunk, axis=0)])
-    outs = [_nerf_render(module, params, model_state, padded[i : i + chunk]) for i in range(0, len(padded), chunk)]
-    rgb = np.concatenate([np.asarray(o["rgb"]) for o in outs])[: len(rays)].reshape(views.shape[:3] + (3,))
-    depth = np.concatenate([np.asarray(o["depth"]) for o in outs])[: len(rays)].reshape(views.shape[:3])
-    path = plot_views(dataset.extras["views"], rgb, depth, os.path.join(plot_dir, f"views_step{step:06d}.png"),
+    rendered = render_rays_in_chunks(module, params, model_state, dataset.extras["rays"], chunk)  # views [V, H, W, 6]
+    path = plot_views(dataset.extras["views"], rendered["rgb"], rendered["depth"], os.path.join(plot_dir, f"views_step{step:06d}.png"),
                       depth_range=(module.near, module.far), title=f"held-out views at step {step}: ground truth, NeRF render, depth")
     latest = os.path.join(plot_dir, "views.png")
     shutil.copyfile(path, latest)
