@@ -56,6 +56,9 @@ def quiet_logs() -> None:
     # orbax reads a damaged checkpoint through asyncio; its shutdown logs every cancelled read
     # at ERROR. The loader reports the damage itself in one line.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    # jax2onnx's IR serializer warns about every untyped shape constant it skips (dozens per
+    # transformer or int8 export); the exported file is checked by onnx.checker and parity instead.
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)
 
 
 def describe_config(config, prefix: str = "") -> list[str]:
