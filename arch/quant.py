@@ -159,10 +159,12 @@ class Int8Conv(nn.Conv):
         kernel_size = (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
         spatial = len(kernel_size)
         if inputs.ndim != spatial + 2 or not self.shared_weights or self.mask is not None:
-            raise NotImplementedError("Int8Conv takes [batch, *spatial, features] inputs and a plain shared, unmasked kernel")
+            raise ValueError("model.quant=int8: Int8Conv takes [batch, *spatial, features] inputs with a shared, unmasked kernel "
+                             f"(got input rank {inputs.ndim} for {spatial} spatial dims, shared_weights={self.shared_weights}, "
+                             f"mask={'set' if self.mask is not None else None})")
         padding = canonicalize_padding(self.padding, spatial)
         if padding in ("CIRCULAR", "REFLECT", "CAUSAL"):
-            raise NotImplementedError(f"Int8Conv supports zero padding only, got {padding!r}")
+            raise ValueError(f"model.quant=int8: Int8Conv supports zero padding only ('SAME', 'VALID' or explicit pairs), got {padding!r}")
 
         def per_axis(value) -> tuple[int, ...]:
             value = 1 if value is None else value

@@ -191,3 +191,14 @@ def test_bad_quant_inputs_get_one_line():
         quantize_run("/nonexistent/run", calibration_batches=4)
     assert_one_line_error(run_cli("launch.train", "--model=resnet18", "--config.model.quant=fp8"), "model.quant", "none, int8")
     assert_one_line_error(run_cli("launch.quantize", "--workdir=/nonexistent/run"), "does not exist")
+
+
+def test_int8_conv_refuses_what_it_does_not_quantise_in_one_line():
+    """Non-zero padding is a clear ValueError naming the valid paddings, not a silent float conv."""
+    import jax
+    import jax.numpy as jnp
+
+    from arch.quant import Int8Conv
+
+    with pytest.raises(ValueError, match="zero padding only .*'SAME', 'VALID'.*CIRCULAR"):
+        Int8Conv(4, (3, 3), padding="CIRCULAR").init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 1)))
