@@ -99,9 +99,9 @@ def test_frozen_backbone_stays_bitwise_equal_while_the_head_trains(source_dir, t
 
 
 def test_incompatible_params_are_named_with_both_shapes(source_dir):
-    with pytest.raises(TransferError, match=r"param conv_0.bias is \(4,\) in the source run but \(6,\) in this model; only the head may differ"):
+    with pytest.raises(TransferError, match=r"param conv_0/bias is \(4,\) in the source run but \(6,\) in this model; only the head may differ"):
         Run(tiny_config("cnn", **{**SMALL_CNN, "model__channels": "6,8"}, data__classes="5-9", train__init_from=source_dir))
-    with pytest.raises(TransferError, match=r"the source run has param conv_0.bias \(4,\) that this model lacks"):
+    with pytest.raises(TransferError, match=r"the source run has param conv_0/bias \(4,\) that this model lacks"):
         Run(tiny_config("mlp", model__hidden="16", data__image_size="0", train__init_from=source_dir))
 
 
@@ -115,5 +115,5 @@ def test_cli_bad_inputs_are_one_line(source_dir, tmp_path):
     assert_one_line_error(proc, "train.init_from", "does not exist")
     proc = run_cli("launch.train", "--model=cnn", f"--workdir={tmp_path / 'b'}", "--config.model.channels=4,9", "--config.model.dense=16",
                    "--config.data.image_size=0", f"--config.train.init_from={source_dir}")
-    assert_one_line_error(proc, "train.init_from", "param conv_1.bias is (8,) in the source run but (9,) in this model")
+    assert_one_line_error(proc, "train.init_from", "param conv_1/bias is (8,) in the source run but (9,) in this model")
     assert not os.path.exists(tmp_path / "b" / "checkpoints")

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from train.config import ConfigError
+from train.parallel import param_path_name
 
 HEAD = "head"
 
@@ -46,16 +47,12 @@ class InitSource:
         return f"{self.model_name} from {self.workdir} (step {self.step}); {self.reason}"
 
 
-def _path_name(path) -> str:
-    return ".".join(str(getattr(e, "key", getattr(e, "name", getattr(e, "idx", e)))) for e in path)
-
-
 def _shapes(tree) -> dict[str, tuple]:
-    return {_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    return {param_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _is_head(name: str) -> bool:
-    return name.split(".")[0] == HEAD
+    return name.split("/")[0] == HEAD
 
 
 def has_head(params) -> bool:
@@ -134,10 +131,10 @@ def _place_like(value: np.ndarray, like: jax.Array) -> jax.Array:
 
 def merge(fresh, source, *, replace_head: bool):
     """``fresh`` with every leaf taken from ``source`` (same tree) except, if ``replace_head``, the head's."""
-    source_by_name = {_path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(source)}
+    source_by_name = {param_path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(source)}
 
     def pick(path, leaf):
-        name = _path_name(path)
+        name = param_path_name(path)
         if replace_head and _is_head(name):
             return leaf
         return _place_like(source_by_name[name], leaf)
