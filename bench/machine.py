@@ -54,11 +54,14 @@ def machine_info(*, peak_sizes=PEAK_FLOPS_SIZES, peak_repeats: int = 5) -> dict:
     """The ``"machine"`` section of the benchmark JSON.
 
     Contract keys: cpu, cores, jax, jaxlib, xla_flags, peak_flops (best f32 matmul FLOP/s).
-    Extra: peak_flops_n (the size that gave it), backend, device_count, and load_average (the
-    1-minute load before measuring: on a shared machine, other work skews every figure).
+    Extra: peak_flops_n (the size that gave it), backend, device_count, load_average (the
+    1-minute load before measuring: on a shared machine, other work skews every figure) and
+    host_memory (the policy of train/host_memory.py the figures ran under).
     """
     import jax
     import jaxlib
+
+    from train import host_memory
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     peak = peak_flops(peak_sizes, repeats=peak_repeats)
@@ -73,4 +76,5 @@ def machine_info(*, peak_sizes=PEAK_FLOPS_SIZES, peak_repeats: int = 5) -> dict:
         "backend": jax.default_backend(),
         "device_count": jax.device_count(),
         "load_average": load,
+        "host_memory": host_memory.policy(),
     }

@@ -58,6 +58,7 @@ def machine_table(machine: dict) -> list[str]:
         f"| jax / jaxlib | {machine['jax']} / {machine['jaxlib']} |",
         f"| peak f32 matmul | {machine['peak_flops'] / 1e9:.1f} GFLOP/s (jnp.dot, n={machine.get('peak_flops_n', '?')}) |",
         f"| XLA_FLAGS | `{flags}` |",
+        f"| host memory policy (train/host_memory.py) | {machine.get('host_memory', '?')} |",
     ] + ([f"| load average before measuring | {machine['load_average']:.2f} |"] if machine.get("load_average") is not None else [])
 
 

@@ -117,11 +117,25 @@ def measure_model(model: str, *, overrides: dict[str, str] | None = None, peak_n
             dot(a, a).block_until_ready()
             dot_times.append(time.perf_counter() - started)
 
+    from train import host_memory
+
+    # The host memory policy's effect, measured in this process: blocks of steps with freed
+    # memory returned to the OS (glibc's default) alternate with the kept blocks (train/host_memory.py).
+    compare_memory = host_memory.policy() == "keep"
+    released_times: list[float] = []
     side.steps(warmup, record=False)
     load_before = os.getloadavg()[0]
     for size in blocks:
         side.steps(size)
         dot_block()
+        if compare_memory:
+            host_memory.set_freed_memory_kept(False)
+            try:
+                side.step()  # settles the switch (this step's frees go back to the OS)
+                released_times.extend(side.step() for _ in range(size))
+            finally:
+                host_memory.set_freed_memory_kept(True)
+            side.step()  # the first kept step after the switch faults its pages in once
 
     config = side.run.config
     step_s = median(side.times)
@@ -142,10 +156,14 @@ def measure_model(model: str, *, overrides: dict[str, str] | None = None, peak_n
         "batch": batch,
         "setup_s": side.setup_s,
         "load_average": [load_before, os.getloadavg()[0]],  # 1-minute load before and after the timed blocks
+        "host_memory": host_memory.policy(),
         "repeats": repeats,
         "warmup": warmup,
         "config": {k: config[k.split(".")[0]][k.split(".")[1]] for k in sorted(MODELS.get(model, {}) | (overrides or {}))},
     })
+    if released_times:
+        record["released_memory_step_s"] = median(released_times)
+        record["released_over_kept"] = record["released_memory_step_s"] / step_s
     if model == "transformer":
         record["seq_len"] = config.data.seq_len
         m = config.model
@@ -182,12 +200,14 @@ def run_suite(repeats: int | None = None, *, tiny: bool = False, machine: dict |
 def markdown_table(result: dict) -> list[str]:
     """README rows: one per model with step time, throughput, model FLOP/s and MFU."""
     rows = [
-        "| train (f32, 1 device) | median step | throughput | model FLOP/s | MFU (vs in-suite peak) |",
-        "|---|---|---|---|---|",
+        "| train (f32, 1 device) | median step | throughput | model FLOP/s | MFU (vs in-suite peak) | step with freed host memory released (glibc default) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in result.items():
         shape = r.get("model", f"batch {r['batch']}")
         rate = f"{r['tokens_per_s']:,.0f} tokens/s" if "tokens_per_s" in r else f"{r['examples_per_s']:,.0f} examples/s"
+        released = (f"{r['released_memory_step_s'] * 1e3:.1f} ms ({r['released_over_kept']:.2f}x)" if "released_memory_step_s" in r
+                    else f"not measured (policy: {r.get('host_memory', '?')})")
         rows.append(f"| {name} ({shape}) | {r['step_s'] * 1e3:.1f} ms | {rate} | {r['flops_per_s'] / 1e9:.1f} G | "
-                    f"**{100 * r['mfu']:.0f} %** (peak {r['peak_flops_in_suite'] / 1e9:.0f} G) |")
+                    f"**{100 * r['mfu']:.0f} %** (peak {r['peak_flops_in_suite'] / 1e9:.0f} G) | {released} |")
     return rows
