@@ -35,6 +35,7 @@ DEFAULT_REPEATS = 20
 DEFAULT_WARMUP = 3
 DEFAULT_BLOCK = 5
 PEAK_CALLS_PER_BLOCK = 3
+SETTLE_STEPS = 3  # untimed steps after switching the host memory policy back to keep
 
 
 def transformer_train_flops(*, params: int, embedding_params: int, tied: bool, layers: int, d_model: int,
@@ -135,7 +136,7 @@ def measure_model(model: str, *, overrides: dict[str, str] | None = None, peak_n
                 released_times.extend(side.step() for _ in range(size))
             finally:
                 host_memory.set_freed_memory_kept(True)
-            side.step()  # the first kept step after the switch faults its pages in once
+            side.steps(SETTLE_STEPS, record=False)  # the heap, trimmed by the switch, grows back over a step or two
 
     config = side.run.config
     step_s = median(side.times)
