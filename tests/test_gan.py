@@ -87,7 +87,9 @@ def test_two_optimizers_with_their_own_learning_rates():
 
 def test_generator_fits_a_fixed_batch():
     """With one fixed real batch (two points), generated samples end up near it: the mean distance to
-    the nearest real point drops at least 4x."""
+    the nearest real point drops at least 4x, in the median of the checks every 50 steps over steps
+    300-600 (adversarial training oscillates: on one CPU a single check at step 400 caught a spike
+    at 0.75 between 0.13 and 0.08)."""
     config, module = _gan(train__learning_rate="3e-3", train__warmup_steps="0", train__min_lr_ratio="1.0")
     real = jnp.asarray(np.tile([[1.0, 1.0], [-1.0, 0.5]], (16, 1)), jnp.float32)
     tx, state = _state(config, module, real[:1])
@@ -99,9 +101,12 @@ def test_generator_fits_a_fixed_batch():
         return float(jnp.mean(jnp.min(jnp.linalg.norm(fake[:, None] - real[None, :2], axis=-1), -1)))
 
     before = distance(state.params)
-    for i in range(400):
+    late = []
+    for i in range(600):
         state, _ = step(state, {"inputs": real}, jax.random.PRNGKey(i))
-    assert distance(state.params) < before / 4
+        if i + 1 >= 300 and (i + 1) % 50 == 0:
+            late.append(distance(state.params))
+    assert np.median(late) < before / 4, late
 
 
 @pytest.mark.parametrize("in_size,out_size", [(16, 12), (8, 6), (32, 20), (8, 5), (4, 7)])

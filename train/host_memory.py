@@ -3,7 +3,7 @@
 XLA:CPU allocates a step's temporaries in one block (266 MB for the benchmark transformer) and
 frees it when the step ends. glibc serves blocks that large with ``mmap`` and unmaps them on
 ``free``, so every step faults ~70,000 fresh zeroed pages back in: 0.13 s of kernel time per
-step, about a quarter of the transformer step's wall time on the 2-core benchmark machine
+step, a third of the transformer step's wall time on the 2-core benchmark machine
 (docs/performance.md, round 4). The ``keep`` policy has glibc serve large blocks from its heap
 (``M_MMAP_MAX`` 0), never give the heap's top back (``M_TRIM_THRESHOLD`` max) and use one arena
 (``M_ARENA_MAX`` 1: other threads' arenas are mmap-ed heaps of at most 64 MB, which fall back to
