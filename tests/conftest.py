@@ -56,11 +56,13 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(*args, timeout=300):
-    """``python -m ARGS`` in a fresh process, as a user runs it (see :func:`cli_env`)."""
+def run_cli(*args, timeout=300, env=None):
+    """``python -m ARGS`` in a fresh process, as a user runs it (see :func:`cli_env`); ``env``
+    adds or overrides environment variables."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env={**cli_env(), **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def assert_one_line_error(proc, *fragments, code=2):

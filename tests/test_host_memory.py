@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, assert_one_line_error, cli_env
+from conftest import REPO, assert_one_line_error, cli_env, run_cli
 
 from train import host_memory
 
@@ -57,11 +57,10 @@ def test_kept_memory_is_reused_instead_of_faulted_in_every_call():
 
 
 @glibc
-def test_importing_train_applies_the_keep_policy():
-    assert host_memory.policy() == "keep"
+def test_importing_train_applies_the_requested_policy():
+    assert host_memory.policy() == host_memory.requested_policy()  # keep, unless the environment opts out
 
 
 def test_an_invalid_policy_is_one_line_naming_the_valid_ones():
-    env = dict(cli_env(), ARCHLAB_HOST_MEMORY="sometimes")
-    proc = subprocess.run([sys.executable, "-m", "launch.train", "--model=mlp"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_cli("launch.train", "--model=mlp", env={"ARCHLAB_HOST_MEMORY": "sometimes"}, timeout=120)
     assert_one_line_error(proc, "ARCHLAB_HOST_MEMORY", "keep, release")

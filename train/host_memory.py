@@ -19,6 +19,7 @@ glibc's defaults. Other C libraries (macOS, musl) have no such knobs: the policy
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -36,6 +37,7 @@ _NEVER_TRIM = 2**31 - 1
 _policy: str | None = None  # what this process runs under: "keep", "release" or "unavailable"
 
 
+@functools.cache
 def _glibc():
     """The process's C library when it is glibc (the only one with these mallopt knobs), else None."""
     if not sys.platform.startswith("linux"):
