@@ -5,6 +5,12 @@ step is lowered and compiled ahead of time (``Run.compile_train_step``: trace + 
 compile) from empty jax caches; variants alternate per depth. Reported per variant: seconds per
 depth (median over ``repeats``), the least-squares slope in seconds per layer, and the
 unrolled/scan ratios of the slopes and of the time at the deepest model.
+
+Also measured: the *floor*, the 1-layer unrolled step. A scan step compiles one layer's
+kernels plus the loop's plumbing, so it cannot compile faster than the 1-layer model, and
+``unrolled at deepest / floor`` bounds the ratio any scan can reach on this jaxlib. XLA:CPU
+compiles each distinct kernel once (identical layers share their kernels), so unrolled depth is
+cheap here and the bound is low (docs/performance.md, round 5).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ LAYERS = (2, 4, 8, 12)
 VARIANTS = {"scan": "true", "unrolled": "false"}
 DEFAULT_REPEATS = 1
 TINY_LAYERS = (1, 2)
+FLOOR_LAYERS = 1  # the 1-layer unrolled step: what no scan step can undercut
 
 
 def slope(xs, ys) -> float:
@@ -51,11 +58,16 @@ def measure(*, layers=LAYERS, overrides: dict[str, str] | None = None, repeats: 
     if len(layers) < 2 or layers[0] < 1 or repeats < 1:
         raise BenchmarkError(f"the compile suite needs >= 2 depths >= 1 and repeats >= 1; got layers={layers}, repeats={repeats}")
     times = {variant: {depth: [] for depth in layers} for variant in VARIANTS}
+    floor_times: list[float] = []
     for _ in range(repeats):
+        if FLOOR_LAYERS not in layers:
+            floor_times.append(compile_seconds(FLOOR_LAYERS, False, overrides))
         for i, depth in enumerate(layers):
             order = list(VARIANTS) if i % 2 == 0 else list(VARIANTS)[::-1]
             for variant in order:
                 times[variant][depth].append(compile_seconds(depth, variant == "scan", overrides))
+    if FLOOR_LAYERS in layers:
+        floor_times = times["unrolled"][FLOOR_LAYERS]
     result = {}
     for variant in VARIANTS:
         seconds = [median(times[variant][d]) for d in layers]
@@ -68,6 +80,10 @@ def measure(*, layers=LAYERS, overrides: dict[str, str] | None = None, repeats: 
         "unrolled_over_scan_slope": result["unrolled"]["slope_s_per_layer"] / scan_slope if scan_slope > 0 else None,
         "deepest": deepest,
         "unrolled_over_scan_at_deepest": result["unrolled"]["compile_s"][-1] / result["scan"]["compile_s"][-1],
+        # the least a scan step can take (one layer's kernels), and the ratio that bounds
+        "floor_one_layer_s": median(floor_times),
+        "floor_one_layer_s_all": floor_times,
+        "bound_unrolled_over_scan_at_deepest": result["unrolled"]["compile_s"][-1] / median(floor_times),
         "repeats": repeats,
         "measures": "Run.compile_train_step(): trace + lower + XLA compile of the train step, empty jax caches",
     })
@@ -96,4 +112,6 @@ def markdown_table(result: dict) -> list[str]:
     rows.append(f"| unrolled / scan | " + " | ".join(
         f"{u / s:.1f}x" for u, s in zip(result["unrolled"]["compile_s"], result["scan"]["compile_s"])
     ) + (f" | {result['unrolled_over_scan_slope']:.1f}x |" if result["unrolled_over_scan_slope"] is not None else " | scan flat |"))
+    bound = [""] * (len(layers) - 1) + [f"{result['bound_unrolled_over_scan_at_deepest']:.1f}x", ""]
+    rows.append(f"| bound for any scan: unrolled / 1-layer unrolled ({result['floor_one_layer_s']:.1f} s) | " + " | ".join(bound) + " |")
     return rows

@@ -223,5 +223,27 @@ def test_compile_suite_on_a_tiny_transformer():
         assert r["slope_s_per_layer"] == pytest.approx(r["compile_s"][1] - r["compile_s"][0])
     assert result["unrolled_over_scan_at_deepest"] == pytest.approx(result["unrolled"]["compile_s"][1] / result["scan"]["compile_s"][1])
     json.dumps(result)
+    assert result["floor_one_layer_s"] == result["unrolled"]["compile_s"][0]  # 1 layer measured: reused
     rows = markdown_table(result)
-    assert len(rows) == 5 and rows[1].startswith("|---") and "scan over layers" in rows[3]
+    assert len(rows) == 6 and rows[1].startswith("|---") and "scan over layers" in rows[3]
+    assert all(row.count("|") == rows[0].count("|") for row in rows)
+
+
+def test_compile_floor_bounds_the_ratio(monkeypatch):
+    """The 1-layer unrolled compile is measured once per repeat when 1 is not among the depths,
+    and unrolled-at-deepest / floor is reported as the bound on any scan's ratio."""
+    import bench.compile as compile_suite
+
+    calls = []
+
+    def fake_compile_seconds(layers, scan, overrides=None):
+        calls.append((layers, scan))
+        return 2.0 + 0.25 * layers if not scan else 3.0
+
+    monkeypatch.setattr(compile_suite, "compile_seconds", fake_compile_seconds)
+    result = compile_suite.measure(layers=(2, 12), repeats=2)
+    assert calls.count((1, False)) == 2 and (1, True) not in calls
+    assert result["floor_one_layer_s"] == 2.25 and result["floor_one_layer_s_all"] == [2.25, 2.25]
+    assert result["unrolled_over_scan_at_deepest"] == pytest.approx(5.0 / 3.0)
+    assert result["bound_unrolled_over_scan_at_deepest"] == pytest.approx(5.0 / 2.25)
+    assert "2.2x" in compile_suite.markdown_table(result)[-1]
