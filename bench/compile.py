@@ -80,7 +80,7 @@ def measure(*, layers=LAYERS, overrides: dict[str, str] | None = None, repeats: 
         "unrolled_over_scan_slope": result["unrolled"]["slope_s_per_layer"] / scan_slope if scan_slope > 0 else None,
         "deepest": deepest,
         "unrolled_over_scan_at_deepest": result["unrolled"]["compile_s"][-1] / result["scan"]["compile_s"][-1],
-        # the least a scan step can take (one layer's kernels), and the ratio that bounds
+        # the 1-layer unrolled step is the least any scan step can take; unrolled-at-deepest over it bounds the ratio
         "floor_one_layer_s": median(floor_times),
         "floor_one_layer_s_all": floor_times,
         "bound_unrolled_over_scan_at_deepest": result["unrolled"]["compile_s"][-1] / median(floor_times),
