@@ -155,6 +155,37 @@ def test_early_stopping_in_the_loop_keeps_the_best_checkpoint_and_stays_stopped(
     assert again["step"] == 8 and any("already stopped early at step 8" in m for m in messages)
 
 
+def test_a_validation_split_chooses_the_state_and_the_test_split_scores_it_once(tmp_path, monkeypatch):
+    from train.loop import Run, train_and_evaluate
+
+    scripted = {2: 0.5, 4: 0.8, 6: 0.7, 8: 0.8}  # validation accuracy by step; stops after step 8, best at 4
+
+    def fake_evaluate(self, state, batches):  # tells the splits apart by their size
+        rows, step = int(sum(np.asarray(weights).sum() for _, weights in batches)), int(np.asarray(state.step))
+        if rows == 100:
+            return {"accuracy": scripted[step], "loss": 1.0}
+        return {"accuracy": float(rows), "loss": float(step)}
+
+    monkeypatch.setattr(Run, "evaluate", fake_evaluate)
+    common = dict(model__hidden="8", train__eval_every=2, train__eval_batches="0", checkpoint__every=100, parallel__mesh="data:1",
+                  data__validation_examples="100")
+    config = tiny_config("mlp", **common, train__steps=14, train__early_stopping_metric="accuracy", train__patience=2)
+    messages = []
+    summary = train_and_evaluate(config, str(tmp_path / "stopped"), progress=False, echo=messages.append)
+    assert summary["step"] == 8 and summary["early_stopping"]["best_step"] == 4
+    # the 359 test images, scored once, on the best state (step 4) restored from WORKDIR/best
+    assert summary["test"] == {"accuracy": 359.0, "loss": 4.0, "step": 4, "state": "best state"}
+    assert any(m.startswith("validation at step 8: ") for m in messages)
+    assert any(m.startswith("test at step 4 (best state): accuracy 35900.00 %") for m in messages)
+    records = [json.loads(line) for line in open(tmp_path / "stopped" / "metrics.jsonl")]
+    assert [r["step"] for r in records if r["split"] == "test"] == [4]
+    assert all(r["accuracy"] in scripted.values() for r in records if r["split"] == "eval")
+    # without early stopping the test split scores the last state
+    summary = train_and_evaluate(tiny_config("mlp", **common, train__steps=6), str(tmp_path / "plain"), progress=False, echo=lambda m: None)
+    assert summary["test"] == {"accuracy": 359.0, "loss": 6.0, "step": 6, "state": "last state"}
+    assert summary["eval"]["accuracy"] == 0.7
+
+
 # --- bad inputs
 
 

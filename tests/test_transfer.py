@@ -1,4 +1,5 @@
-"""Transfer learning (train.init_from, train.freeze_backbone) and the data.classes subsets it uses."""
+"""Transfer learning (train.init_from, train.freeze_backbone) and the data subsets it uses
+(data.classes, data.train_examples)."""
 
 import os
 
@@ -12,7 +13,8 @@ from conftest import assert_one_line_error, run_cli, tiny_config
 from train.checkpoint import restore_params
 from train.config import ConfigError
 from train.data import DataError
-from train.image_data import ImageSplits, parse_classes, select_classes
+from train.data import make_dataset
+from train.image_data import ImageSplits, first_train_images, hold_out_validation, parse_classes, select_classes
 from arch import get_model_spec
 from train.loop import Run, train_and_evaluate
 from train.state import init_train_state
@@ -56,6 +58,63 @@ def test_data_classes_sets_the_head_size_unless_given():
     assert tiny_config("cnn", data__classes="0-4", model__num_classes="10").model.num_classes == 10
     with pytest.raises(ConfigError, match="data.classes"):
         tiny_config("cnn", data__classes="4-0")
+
+
+def test_first_train_images_keeps_the_head_of_the_train_split_and_every_test_image():
+    y_train, y_test = np.arange(6), np.array([7, 8])
+    images = ImageSplits(y_train[:, None].astype(np.float32), y_train, y_test[:, None].astype(np.float32), y_test, 10, "toy")
+    assert first_train_images(images, 0) is images
+    subset = first_train_images(images, 4)
+    np.testing.assert_array_equal(subset.y_train, [0, 1, 2, 3])
+    np.testing.assert_array_equal(subset.x_train[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(subset.y_test, y_test)
+    assert "first 4 training images" in subset.source
+    with pytest.raises(DataError, match=r"data.train_examples=7 but the training split has 6 images; use 1..6 or 0 for all"):
+        first_train_images(images, 7)
+
+
+def test_validation_is_the_tail_of_the_train_split_and_the_test_split_is_untouched():
+    y_train, y_test = np.arange(6), np.array([7, 8])
+    images = ImageSplits(y_train[:, None].astype(np.float32), y_train, y_test[:, None].astype(np.float32), y_test, 10, "toy")
+    assert hold_out_validation(images, 0) == (images, None)
+    rest, (x_val, y_val) = hold_out_validation(images, 2)
+    np.testing.assert_array_equal(y_val, [4, 5])
+    np.testing.assert_array_equal(x_val[:, 0], [4, 5])
+    np.testing.assert_array_equal(rest.y_train, [0, 1, 2, 3])
+    np.testing.assert_array_equal(rest.y_test, y_test)
+    with pytest.raises(DataError, match=r"data.validation_examples=6 leaves no training images \(the training split has 6\); use 1..5"):
+        hold_out_validation(images, 6)
+    with pytest.raises(DataError, match=r"data.train_examples=5 but the training split has 4 images after data.validation_examples=2"):
+        first_train_images(rest, 5, held_out=2)
+
+
+def test_data_validation_examples_gives_validation_then_test():
+    full = make_dataset("classification", tiny_config("mlp", train__eval_batches="0"))
+    split = make_dataset("classification", tiny_config("mlp", train__eval_batches="0", data__validation_examples="200", data__train_examples="300"))
+    assert (split.held_out_name, full.held_out_name, full.test_batches) == ("validation", "test", None)
+    inputs = full.train.arrays["inputs"]
+    np.testing.assert_array_equal(split.train.arrays["inputs"], inputs[:300])
+    validation = np.concatenate([b["inputs"][np.asarray(w) > 0] for b, w in split.eval_batches])
+    np.testing.assert_array_equal(validation, inputs[-200:])  # disjoint from the 300 training images
+    for (a, a_mask), (b, b_mask) in zip(full.eval_batches, split.test_batches, strict=True):
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+        np.testing.assert_array_equal(a_mask, b_mask)
+    assert "300 train / 200 validation / 359 test" in split.description
+    with pytest.raises(ConfigError, match="data.validation_examples must be >= 0"):
+        tiny_config("mlp", data__validation_examples="-2")
+
+
+def test_data_train_examples_shrinks_training_only():
+    full = make_dataset("classification", tiny_config("mlp"))
+    part = make_dataset("classification", tiny_config("mlp", data__train_examples="100"))
+    assert (full.train.size, part.train.size) == (1438, 100)
+    np.testing.assert_array_equal(part.train.arrays["inputs"], full.train.arrays["inputs"][:100])
+    # the same held-out images, so runs with different amounts of training data compare directly
+    for (a, a_mask), (b, b_mask) in zip(full.eval_batches, part.eval_batches, strict=True):
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+        np.testing.assert_array_equal(a_mask, b_mask)
+    with pytest.raises(ConfigError, match="data.train_examples must be >= 0"):
+        tiny_config("mlp", data__train_examples="-1")
 
 
 @pytest.fixture(scope="module")

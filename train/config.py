@@ -30,6 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_size = 0  # image models: resize to this many pixels square (0 = native size)
     c.data.val_fraction = 0.1  # for a user text file: the tail fraction held out
     c.data.classes = ""  # images: keep only these labels ("0-4", "5,7,9"), relabelled 0..k-1; sets model.num_classes=k
+    c.data.train_examples = 0  # images: train on only the first N images of the (shuffled, fixed) train split; 0 = all
+    # Image classification: the last N images of the train split become a validation split that the
+    # periodic evaluations and early stopping read; the test split is then scored once, at the end.
+    c.data.validation_examples = 0
 
     c.model = ml_collections.ConfigDict()
 
@@ -288,6 +292,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (config.data.seq_len >= 2, "data.seq_len must be >= 2"),
         (0.0 < config.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
         (config.data.image_size >= 0, "data.image_size must be >= 0"),
+        (config.data.get("train_examples", 0) >= 0, "data.train_examples must be >= 0 (0 = every training image)"),
+        (config.data.get("validation_examples", 0) >= 0, "data.validation_examples must be >= 0 (0 = no validation split)"),
         (config.parallel.mode in ("jit", "pmap"), f"parallel.mode must be jit or pmap (got {config.parallel.mode!r})"),
         (config.parallel.distributed in ("auto", "off", "explicit"),
          f"parallel.distributed must be auto, off or explicit (got {config.parallel.distributed!r})"),

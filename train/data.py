@@ -177,7 +177,8 @@ def padded_eval_batches(arrays: dict[str, np.ndarray], batch_size: int, limit: i
 @dataclasses.dataclass
 class Dataset:
     """What the loop needs from a task's data: a checkpointable train iterator, the held-out
-    split as padded batches, an example input for init, and a description for the log.
+    split as padded batches (and a test split when that one is a validation split), an example
+    input for init, and a description for the log.
     ``extras`` carries what a task's plots need (e.g. held-out views, fixed latents)."""
 
     train: PositionIterator
@@ -187,6 +188,9 @@ class Dataset:
     description: str
     num_classes: int = 0
     held_out_name: str = "validation"  # what the evaluation split is called in the log
+    # The test split when ``eval_batches`` is a validation split (data.validation_examples): scored
+    # once, at the end of training, on the state early stopping kept (else the last one).
+    test_batches: list | None = None
     extras: dict = dataclasses.field(default_factory=dict)
 
 
@@ -203,18 +207,30 @@ def _lm_dataset(config, shard: int, num_shards: int) -> Dataset:
 
 
 def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
-    from train.image_data import load_images, select_classes
+    from train.image_data import first_train_images, hold_out_validation, load_images, select_classes
 
     t, d = config.train, config.data
     images = select_classes(load_images(d.path, d.image_size, d.val_fraction), d.get("classes", ""))
+    images, validation = hold_out_validation(images, d.get("validation_examples", 0))
+    images = first_train_images(images, d.get("train_examples", 0), held_out=d.get("validation_examples", 0))
+    test = {"inputs": images.x_test, "labels": images.y_test}
+    shape = f"images of {images.x_train.shape[1:]}, {images.num_classes} classes"
+    if validation is None:  # the periodic evaluations read the test split
+        eval_batches, test_batches, held_out = padded_eval_batches(test, t.batch_size, t.eval_batches), None, "test"
+        description = f"{len(images.x_train):,} train / {len(images.x_test):,} test {shape}"
+    else:
+        eval_batches = padded_eval_batches({"inputs": validation[0], "labels": validation[1]}, t.batch_size, t.eval_batches)
+        test_batches, held_out = padded_eval_batches(test, t.batch_size), "validation"
+        description = f"{len(images.x_train):,} train / {len(validation[0]):,} validation / {len(images.x_test):,} test {shape}"
     return Dataset(
         train=ArrayIterator({"inputs": images.x_train, "labels": images.y_train}, t.batch_size, config.seed, shard=shard, num_shards=num_shards),
-        eval_batches=padded_eval_batches({"inputs": images.x_test, "labels": images.y_test}, t.batch_size, t.eval_batches),
+        eval_batches=eval_batches,
         example_input=images.x_train[:1],
         source=images.source,
-        description=f"{len(images.x_train):,} train / {len(images.x_test):,} test images of {images.x_train.shape[1:]}, {images.num_classes} classes",
+        description=description,
         num_classes=images.num_classes,
-        held_out_name="test",
+        held_out_name=held_out,
+        test_batches=test_batches,
     )
 
 
@@ -228,10 +244,10 @@ def _nerf_dataset(config, shard: int, num_shards: int) -> Dataset:
 def _restoration_dataset(config, shard: int, num_shards: int) -> Dataset:
     """Procedurally hazed images (digits by default, or data.path): hazed afresh every training
     batch, with fixed haze on the held-out split; batches ``{"inputs": hazy, "targets": clean}``."""
-    from train.image_data import HazyImageIterator, hazy_test_split, load_images
+    from train.image_data import HazyImageIterator, first_train_images, hazy_test_split, load_images
 
     t, d = config.train, config.data
-    images = load_images(d.path, d.image_size, d.val_fraction)
+    images = first_train_images(load_images(d.path, d.image_size, d.val_fraction), d.get("train_examples", 0))
     hazy_test = hazy_test_split(images.x_test)
     return Dataset(
         train=HazyImageIterator(images.x_train, t.batch_size, config.seed, shard=shard, num_shards=num_shards),

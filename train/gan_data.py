@@ -61,10 +61,11 @@ def ring_dataset(config, shard: int, num_shards: int) -> Dataset:
 
 def digits_dataset(config, shard: int, num_shards: int) -> Dataset:
     """Digit images in [0, 1] (all classes, labels unused); ``data.path`` may name an .npz instead."""
-    from train.image_data import load_images
+    from train.image_data import first_train_images, load_images
 
     t = config.train
     images = load_images(config.data.path, config.data.image_size, config.data.val_fraction)
+    images = first_train_images(images, config.data.get("train_examples", 0))
     return Dataset(
         train=ArrayIterator({"inputs": images.x_train}, t.batch_size, config.seed, shard=shard, num_shards=num_shards),
         eval_batches=_eval_batches(images.x_test, config.model.latent_dim, min(config.data.eval_samples, 4 * len(images.x_test)),

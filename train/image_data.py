@@ -201,6 +201,37 @@ def select_classes(images: ImageSplits, spec: str) -> ImageSplits:
     return ImageSplits(x_train, y_train, x_test, y_test, len(classes), source)
 
 
+def hold_out_validation(images: ImageSplits, count: int) -> tuple[ImageSplits, tuple[np.ndarray, np.ndarray] | None]:
+    """The last ``count`` training images as a validation split ``(x, y)`` (0: none, ``None``), and
+    the splits without them. Taken from the train split, so the test split stays the fixed one and
+    a model chosen on validation is scored on images nothing looked at."""
+    if count == 0:
+        return images, None
+    available = len(images.x_train)
+    if count >= available:
+        raise DataError(f"data.validation_examples={count} leaves no training images (the training split has {available:,}); "
+                        f"use 1..{available - 1} or 0 for none")
+    keep = available - count
+    rest = dataclasses.replace(images, x_train=images.x_train[:keep], y_train=images.y_train[:keep],
+                               source=f"{images.source}, last {count:,} training images held out for validation")
+    return rest, (images.x_train[keep:], images.y_train[keep:])
+
+
+def first_train_images(images: ImageSplits, count: int, *, held_out: int = 0) -> ImageSplits:
+    """Only the first ``count`` training images (0: all of them). The train split is already in a
+    fixed random order, so these are a random sample, the same for every seed; the test split is
+    untouched, so runs with different counts are scored on the same images. ``held_out``: how many
+    training images a validation split already took (named in the error)."""
+    if count == 0:
+        return images
+    available = len(images.x_train)
+    if count > available:
+        after = f" after data.validation_examples={held_out}" if held_out else ""
+        raise DataError(f"data.train_examples={count} but the training split has {available:,} images{after}; use 1..{available} or 0 for all")
+    source = f"{images.source}, first {count:,} training images"
+    return dataclasses.replace(images, x_train=images.x_train[:count], y_train=images.y_train[:count], source=source)
+
+
 # --- procedural haze for the restoration task: I = J t + A (1 - t), t = exp(-beta * depth).
 
 HAZE_BETA = (0.4, 2.0)  # scattering coefficient per image: t >= exp(-2) = 0.135 where depth is 1

@@ -281,9 +281,10 @@ class Run:
     def train_iterator(self) -> data_lib.PositionIterator:
         return self.data.train
 
-    def eval_batches(self) -> list[tuple[dict, jax.Array]]:
-        """The held-out batches on the mesh: rows split over the data shards where they divide,
-        else replicated. Every process holds the whole held-out set, so each builds its shards."""
+    def eval_batches(self, host_batches: list | None = None) -> list[tuple[dict, jax.Array]]:
+        """``host_batches`` (default: the held-out split's) on the mesh: rows split over the data
+        shards where they divide, else replicated. Every process holds the whole held-out set, so
+        each builds its shards."""
 
         def place(x):
             x = np.asarray(x)
@@ -292,7 +293,8 @@ class Run:
                 sharding = parallel.replicated(self.mesh)
             return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
-        return [(jax.tree.map(place, batch), place(weights)) for batch, weights in self.data.eval_batches]
+        batches = self.data.eval_batches if host_batches is None else host_batches
+        return [(jax.tree.map(place, batch), place(weights)) for batch, weights in batches]
 
     def evaluate(self, state: TrainState, batches) -> dict:
         """Task metrics over ``batches``; ``state`` in the global layout (see ``to_global``)."""
@@ -363,6 +365,23 @@ def _check_finite(state: TrainState) -> None:
         raise NonFiniteLossError(
             f"loss became non-finite at step {bad + 1}; stopped without writing a checkpoint of it (earlier checkpoints are intact)"
         )
+
+
+def _score_test_split(run: Run, state: TrainState, step: int, best, say) -> tuple[dict, int, str]:
+    """(metrics, step, "best state" | "last state") on the test split, for the state the validation
+    split chose: early stopping's best (restored from ``WORKDIR/best``), else the last state."""
+    test_state, test_step, which = state, step, "last state"
+    directory = os.path.join(best.workdir, "checkpoints") if best is not None else ""
+    if directory and os.path.isdir(directory):
+        saved = Checkpointer(directory, keep=1)
+        try:
+            restored = saved.restore_latest(run.abstract_state, notify=say)
+        finally:
+            saved.close()
+        if restored is not None:
+            test_state, _, test_step = restored
+            which = "best state"
+    return run.evaluate(test_state, run.eval_batches(run.data.test_batches)), test_step, which
 
 
 def train_and_evaluate(
@@ -496,7 +515,6 @@ def train_and_evaluate(
     result = run.evaluate(state, eval_batches)
     if not stopping.stopped:  # an early-stopped run was evaluated at its last step already
         writer.write(step, "eval", result)
-    writer.close()
     summary.update(eval=result, interrupted=False)
     if stopping_rule is not None and not stopping.stopped:
         stopping, improved = early_stopping.update(stopping_rule, stopping, result[stopping_rule.metric], step)
@@ -504,6 +522,12 @@ def train_and_evaluate(
             best.save(step, state, data_state())
             best.close()
         summary["early_stopping"] = dict(stopping.to_json(), metric=stopping_rule.metric, best_workdir=best.workdir)
+    test = None
+    if run.data.test_batches is not None:  # the held-out split was a validation split: score the test split once
+        test, test_step, which = _score_test_split(run, state, step, best, say)
+        writer.write(test_step, "test", test)
+        summary["test"] = dict(test, step=test_step, state=which)
+    writer.close()
     if "sparsity" in result:
         say(f"sparsity {100 * result['sparsity']:.1f} % of prunable weights are zero; {prune_lib.nonzero_count(state.params):,} of {n_params:,} params nonzero")
     if primary:
@@ -515,6 +539,8 @@ def train_and_evaluate(
         summary["task_plots"] = task_plots
     say(f"{run.data.held_out_name} at step {step}: {run.task.report(result)}; "
         f"{_format_duration(summary['train_seconds'])} in all")
+    if test is not None:
+        say(f"test at step {test_step} ({which}): {run.task.report(test)}")
     if run.spec.task == "lm":
         sample = run.sample(state, config.sample.prompt.encode("utf-8"), config.sample.length,
                             temperature=config.sample.temperature, top_k=config.sample.top_k, seed=config.seed)
