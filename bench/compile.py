@@ -1,6 +1,6 @@
 """The ``compile`` suite: transformer train-step compile time against depth, scan over layers vs unrolled.
 
-At each depth both variants are built by the training path (``train.loop.Run``) and their train
+At each depth both variants are built by the training path (``train.run.Run``) and their train
 step is lowered and compiled ahead of time (``Run.compile_train_step``: trace + lower + XLA
 compile) from empty jax caches; variants alternate per depth. Reported per variant: seconds per
 depth (median over ``repeats``), the least-squares slope in seconds per layer, and the
@@ -41,7 +41,7 @@ def slope(xs, ys) -> float:
 def compile_seconds(layers: int, scan: bool, overrides: dict[str, str] | None = None) -> float:
     """Seconds to trace, lower and compile the transformer train step at ``layers`` layers."""
     from bench.train import make_config
-    from train.loop import Run
+    from train.run import Run
 
     values = {**(overrides or {}), "model.num_layers": str(layers), "model.scan_layers": VARIANTS["scan" if scan else "unrolled"]}
     run = Run(make_config("transformer", values))

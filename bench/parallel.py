@@ -1,6 +1,6 @@
 """The ``parallel`` suite: the transformer train step sharded over 2 devices vs 1, same global batch.
 
-Both runs are built with the project's own machinery (``train.loop.Run``: config -> mesh ->
+Both runs are built with the project's own machinery (``train.run.Run``: config -> mesh ->
 sharded init -> AOT-compiled, state-donating train step) and timed the way the training loop
 runs: place the batch on the mesh, step, then wait for the state. Single and sharded steps are
 measured in alternating blocks (A B B A A B ...) so slow drift in a shared machine's load hits
@@ -45,7 +45,7 @@ class TimedRun:
     """One compiled train step with its own state and data, stepped and timed one step at a time."""
 
     def __init__(self, config, seed: int = 0):
-        from train.loop import Run
+        from train.run import Run
 
         started = time.perf_counter()
         self.run = Run(config)

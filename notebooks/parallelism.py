@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 from train import parallel  # noqa: E402
 from train.config import apply_overrides, get_config  # noqa: E402
-from train.loop import Run  # noqa: E402
+from train.run import Run  # noqa: E402
 from train.placement import param_placements, placement_table, spec_table  # noqa: E402
 
 if jax.device_count() < FAKE_DEVICES:

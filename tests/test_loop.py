@@ -20,7 +20,7 @@ def _params_at(workdir, step):
     import flax.linen as nn
 
     from train.checkpoint import Checkpointer
-    from train.loop import Run
+    from train.run import Run
 
     config = tiny_config(parallel__mesh="data:1")
     run = Run(config)

@@ -100,7 +100,8 @@ def test_float16_step_skips_overflow_halves_the_scale_and_then_trains():
 
 def test_loss_scale_lives_in_the_checkpoint(tmp_path):
     from train.checkpoint import Checkpointer
-    from train.loop import Run, train_and_evaluate
+    from train.loop import train_and_evaluate
+    from train.run import Run
 
     config = tiny_config("cnn", model__dtype="float16", train__steps=4, train__log_every=2, train__eval_every=2,
                          checkpoint__every=2, **CNN_TINY)

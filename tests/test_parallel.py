@@ -19,7 +19,8 @@ from conftest import REPO, cli_env, tiny_cli_flags, tiny_config
 
 from train import parallel
 from train.checkpoint import restore_params
-from train.loop import Run, train_and_evaluate
+from train.loop import train_and_evaluate
+from train.run import Run
 
 STEPS = 3
 QUIET = dict(progress=False, echo=lambda *a: None)

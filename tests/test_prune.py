@@ -11,7 +11,8 @@ from conftest import assert_one_line_error, run_cli, tiny_config
 from train import prune
 from train.checkpoint import Checkpointer
 from train.config import ConfigError
-from train.loop import Run, train_and_evaluate
+from train.loop import train_and_evaluate
+from train.run import Run
 from train.state import make_optimizer
 
 

@@ -16,7 +16,8 @@ from train.data import DataError
 from train.data import make_dataset
 from train.image_data import ImageSplits, first_train_images, hold_out_validation, parse_classes, select_classes
 from arch import get_model_spec
-from train.loop import Run, train_and_evaluate
+from train.loop import train_and_evaluate
+from train.run import Run
 from train.state import init_train_state
 from train.transfer import TransferError
 

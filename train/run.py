@@ -1,0 +1,235 @@
+"""``Run``: everything a training run builds from its config before the first step.
+
+Config -> data (a bad path fails before any compile) -> mesh and sharding rules -> module,
+optimizer, task (with a distillation teacher or a transfer source where configured) -> the
+sharded abstract state -> the jitted (or pmapped) train step and the eval step. The loop
+(``train.loop``), the benchmarks (``bench``) and tests build their steps here, so all of them
+measure and run the same compiled program.
+"""
+
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from arch import get_model_spec
+from train import data as data_lib
+from train import parallel
+from train.sampling import generate
+from train.state import TrainState, init_train_state, learning_rate_schedule, make_optimizer
+from train.step import make_eval_step, make_train_step
+from train.tasks import get_task
+from train import augment as augment_lib, prune as prune_lib, regularize
+from train import distill as distill_lib, transfer
+
+
+def _add_trees(total, metrics):
+    return jax.tree.map(jnp.add, total, metrics)
+
+
+# Running metric sums on the device (the donated total is updated in place): no host sync per step.
+accumulate_metrics = jax.jit(_add_trees, donate_argnums=0)
+
+
+class Run:
+    """Everything built from a config before the first step: data, mesh, module, steps, state."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.spec = get_model_spec(config.model_name)
+        self.task = get_task(self.spec.task)
+        # Data first: a bad data path fails before any compile.
+        self.data = data_lib.make_dataset(self.spec.task, config, shard=jax.process_index(), num_shards=jax.process_count())
+        if self.data.num_classes and "num_classes" in config.model and self.data.num_classes > config.model.num_classes:
+            raise data_lib.DataError(
+                f"the data has {self.data.num_classes} classes but model.num_classes={config.model.num_classes}; set --config.model.num_classes"
+            )
+
+        p = config.parallel
+        self.mesh = parallel.make_mesh(p.mesh, p.num_devices)
+        self.rules = parallel.parse_rules(p.rules, self.mesh)
+        self.pmap = None
+        if p.mode == "pmap":
+            if set(parallel.mesh_shape(self.mesh)) != {"data"}:
+                raise parallel.MeshError(f"parallel.mode=pmap is data parallel only: use a data-only mesh such as data:-1 (got {p.mesh})")
+            self.rules = (("batch", "data"),)
+            self.pmap = parallel.PmapLayout(self.mesh)
+        data_shards = parallel.data_shard_count(self.mesh, self.rules)
+        micro = config.train.batch_size // config.train.grad_accum_steps
+        if micro % data_shards:
+            raise parallel.MeshError(
+                f"micro-batch of {micro} (train.batch_size / train.grad_accum_steps) does not split over {data_shards} data shards"
+            )
+
+        if self.spec.from_data is not None:
+            updates = self.spec.from_data(config.model, self.data)
+            if updates:
+                config = ml_collections.ConfigDict(config.to_dict())
+                config.model.update(updates)
+                config.lock()
+                self.config = config
+        self.module = self.spec.make_module(config.model)
+        self.decode_module = self.spec.make_module(config.model, decode=True)
+        self.schedule = learning_rate_schedule(config.train)
+        self.tx = make_optimizer(config.train, self.spec.param_groups)
+        self.example_input = jnp.asarray(self.data.example_input)
+        problem = augment_lib.check_inputs(config.train, self.example_input, self.spec.task)
+        if problem:
+            from train.config import ConfigError
+
+            raise ConfigError(problem)
+        # Distillation: the task the train step optimises also matches a frozen teacher's logits.
+        self.train_task, self.teacher = distill_lib.from_config(config, self.task, self.data.example_input, self.spec.task)
+
+        init = lambda rng: init_train_state(self.module, self.tx, self.example_input, rng)
+        with parallel.mesh_context(self.mesh, self.rules):
+            boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+        self.sharding_notes: list[str] = []
+        if self.pmap is None:
+            self.state_shardings = parallel.logical_shardings(boxed, self.mesh, self.rules, self.sharding_notes)
+        else:  # pmap replicates everything; checkpoints hold the same global replicated arrays as jit mode
+            self.state_shardings = jax.tree.map(lambda _: parallel.replicated(self.mesh), nn.meta.unbox(boxed))
+        self.abstract_state = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.meta.unbox(boxed), self.state_shardings
+        )
+        self._init = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=self.state_shardings)
+        self.init_source = transfer.load_source(config, self.abstract_state) if config.train.init_from else None
+        if config.train.freeze_backbone and not transfer.has_head(self.abstract_state.params):
+            raise transfer.TransferError(f"train.freeze_backbone: --model={config.model_name} has no '{transfer.HEAD}' module to train alone")
+        example_batch = self.data.train.batch_at(0)
+        self.batch_sharding = {k: parallel.batch_sharding(self.mesh, self.rules, ndim=v.ndim) for k, v in example_batch.items()}
+        self._global_batch = {
+            k: jax.ShapeDtypeStruct((config.train.batch_size,) + v.shape[1:], v.dtype, sharding=self.batch_sharding[k])
+            for k, v in example_batch.items()
+        }
+
+        train_step = make_train_step(
+            module=self.module, task=self.train_task, tx=self.tx, grad_accum_steps=config.train.grad_accum_steps, lr_schedule=self.schedule,
+            cross_replica_mean=None if self.pmap is None else (lambda tree: jax.lax.pmean(tree, parallel.PmapLayout.axis_name)),
+            regularizer=regularize.from_config(config.train), augment=augment_lib.from_config(config.train),
+        )
+        self.train_step = train_step
+        step_with_rng = lambda state, batch: train_step(state, batch, jax.random.fold_in(state.rng, state.step))
+        if self.pmap is None:
+            self._jit_train_step = jax.jit(
+                step_with_rng,
+                in_shardings=(self.state_shardings, self.batch_sharding),
+                out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
+                donate_argnums=0,
+            )
+        else:
+            self._pmap_train_step = jax.pmap(
+                step_with_rng, axis_name=parallel.PmapLayout.axis_name, devices=self.pmap.local_devices, donate_argnums=0
+            )
+        eval_step = make_eval_step(module=self.module, task=self.task)
+        self._jit_eval_step = jax.jit(eval_step)
+
+    # --- state and batches in the mode's layout (jit: global sharded arrays; pmap: stacked per device)
+
+    def init_state(self, seed: int) -> TrainState:
+        """A fresh state, created already sharded (never materialised whole on one device)."""
+        with parallel.mesh_context(self.mesh, self.rules):
+            state = self._init(jax.random.PRNGKey(seed))
+            if self.init_source is not None:  # transfer: the source run's params, a fresh head where classes differ
+                state = transfer.initialize_from(state, self.init_source)
+        return self.to_layout(state)
+
+    def to_layout(self, global_state: TrainState) -> TrainState:
+        """A global (checkpoint-layout) state -> the layout the train step takes."""
+        return global_state if self.pmap is None else self.pmap.to_stacked(global_state)
+
+    def to_global(self, state: TrainState) -> TrainState:
+        """The train step's layout -> the global state checkpoints, evaluation and plots use."""
+        return state if self.pmap is None else self.pmap.to_global(state)
+
+    def place_batch(self, host_batch: dict):
+        """This process's rows of the global batch -> device arrays the train step takes."""
+        if self.pmap is not None:
+            return self.pmap.split_batch(host_batch)
+        return jax.tree.map(parallel.put_batch, host_batch, self.batch_sharding)
+
+    def host_metrics(self, metrics) -> dict:
+        """Per-step metric sums (replicated) -> host floats; a host sync, so only at log intervals."""
+        if self.pmap is not None:
+            return {k: float(v) for k, v in self.pmap.first(metrics).items()}
+        return {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
+
+    def compile_train_step(self):
+        """Compiles the train step ahead of time (jit mode): one compile, memory known before the loop."""
+        if self.pmap is not None:
+            return self._pmap_train_step
+        with parallel.mesh_context(self.mesh, self.rules):
+            return self._jit_train_step.lower(self.abstract_state, self._global_batch).compile()
+
+    def startup_report(self) -> list[str]:
+        params = jax.tree.map(lambda s: s, self.abstract_state.params)
+        lines, warnings = parallel.sharding_report(
+            params, self.state_shardings.params, self.mesh, replicated_warn_size=self.config.parallel.replicated_warn_size
+        )
+        mode = "pmap (legacy data parallel: replicated params, pmean of gradients)" if self.pmap else f"jit, rules {self.config.parallel.rules}"
+        lines.insert(2, f"mode: {mode}")
+        if self.teacher is not None:
+            t = self.config.train
+            lines.append(f"teacher: {self.teacher.describe()}; distill_alpha {t.distill_alpha}, distill_temperature {t.distill_temperature}")
+        if self.init_source is not None:
+            lines.append(f"init_from: {self.init_source.describe()} (unless resuming this workdir's own checkpoint)")
+        if self.config.train.freeze_backbone:
+            trainable, total = transfer.trainable_count(self.abstract_state.params, frozen=True)
+            lines.append(f"freeze_backbone: {trainable:,} of {total:,} params train (the head)")
+        return lines + [f"note: {n}" for n in self.sharding_notes] + warnings
+
+    def train_iterator(self) -> data_lib.PositionIterator:
+        return self.data.train
+
+    def eval_batches(self, host_batches: list | None = None) -> list[tuple[dict, jax.Array]]:
+        """``host_batches`` (default: the held-out split's) on the mesh: rows split over the data
+        shards where they divide, else replicated. Every process holds the whole held-out set, so
+        each builds its shards."""
+
+        def place(x):
+            x = np.asarray(x)
+            sharding = parallel.batch_sharding(self.mesh, self.rules, x.ndim)
+            if x.ndim == 0 or x.shape[0] % parallel.data_shard_count(self.mesh, self.rules):
+                sharding = parallel.replicated(self.mesh)
+            return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+        batches = self.data.eval_batches if host_batches is None else host_batches
+        return [(jax.tree.map(place, batch), place(weights)) for batch, weights in batches]
+
+    def evaluate(self, state: TrainState, batches) -> dict:
+        """Task metrics over ``batches``; ``state`` in the global layout (see ``to_global``)."""
+        sums = None
+        with parallel.mesh_context(self.mesh, self.rules):
+            for batch, weights in batches:
+                out = self._jit_eval_step(state.params, state.model_state, batch, weights)
+                sums = out if sums is None else accumulate_metrics(sums, out)
+        result = self.task.summarize(parallel.gather_to_host(sums, self.mesh))
+        if self.config.train.sparsity > 0:
+            result["sparsity"] = prune_lib.measured_sparsity(state.params)
+        return result
+
+    def host_params(self, state: TrainState):
+        """(params, model_state) whole on the host. A collective: every process must call it."""
+        return parallel.gather_to_host((state.params, state.model_state), self.mesh)
+
+    def plot(self, state: TrainState, workdir: str, step: int) -> list[str]:
+        """The task's own figures (sample grids, rendered views) into ``workdir/plots``; process 0
+        draws, every process takes part in gathering the params."""
+        if self.task.plot is None:
+            return []
+        params, model_state = self.host_params(state)
+        if jax.process_index() != 0:
+            return []
+        return self.task.plot(self.module, params, model_state, self.data, os.path.join(workdir, "plots"), step)
+
+    def sample(self, state: TrainState, prompt: bytes, length: int, *, temperature: float, top_k: int, seed: int = 0) -> bytes:
+        params, _ = self.host_params(state)
+        return generate(
+            self.decode_module, params, prompt, length, max_len=self.config.model.max_len,
+            rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k,
+        )
