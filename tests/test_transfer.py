@@ -105,6 +105,26 @@ def test_data_validation_examples_gives_validation_then_test():
         tiny_config("mlp", data__validation_examples="-2")
 
 
+@pytest.mark.parametrize("model, task, overrides", [
+    ("dehaze", "restoration", {}),
+    ("gan", "gan", {"data__dataset": "digits"}),
+])
+def test_train_examples_applies_to_every_image_dataset(model, task, overrides):
+    data = make_dataset(task, tiny_config(model, data__train_examples="100", **overrides))
+    assert data.train.size == 100 and "first 100 training images" in data.source
+
+
+@pytest.mark.parametrize("model, option, data_name", [
+    ("transformer", "train_examples", "corpus"),
+    ("gru_classifier", "validation_examples", "topics"),
+    ("gan", "validation_examples", "ring"),
+])
+def test_subset_options_on_other_data_are_refused(model, option, data_name):
+    config = tiny_config(model, **{f"data__{option}": "10"})
+    with pytest.raises(DataError, match=rf"data.{option} is read only by the .*; this run's data is '{data_name}'"):
+        make_dataset(get_model_spec(model).task, config)
+
+
 def test_data_train_examples_shrinks_training_only():
     full = make_dataset("classification", tiny_config("mlp"))
     part = make_dataset("classification", tiny_config("mlp", data__train_examples="100"))

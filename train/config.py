@@ -30,7 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_size = 0  # image models: resize to this many pixels square (0 = native size)
     c.data.val_fraction = 0.1  # for a user text file: the tail fraction held out
     c.data.classes = ""  # images: keep only these labels ("0-4", "5,7,9"), relabelled 0..k-1; sets model.num_classes=k
-    c.data.train_examples = 0  # images: train on only the first N images of the (shuffled, fixed) train split; 0 = all
+    # Image data (classification, dehaze, GAN digits): train on only the first N images of the
+    # shuffled, fixed train split (the test split unchanged); 0 = all.
+    c.data.train_examples = 0
     # Image classification: the last N images of the train split become a validation split that the
     # periodic evaluations and early stopping read; the test split is then scored once, at the end.
     c.data.validation_examples = 0

@@ -353,6 +353,13 @@ def dataset_names(task: str) -> tuple[str, ...]:
     return tuple(DATASETS.get(task, {}))
 
 
+# Data options only some datasets read: set for any other, they are an error, not a silent no-op.
+DATASET_OPTIONS = {
+    "train_examples": ("images", "hazy_digits", "digits"),
+    "validation_examples": ("images",),
+}
+
+
 def make_dataset(task: str, config, *, shard: int = 0, num_shards: int = 1) -> Dataset:
     """Builds the dataset a task trains on from ``config.data`` (raises DataError on bad input)."""
     builders = DATASETS.get(task)
@@ -361,4 +368,8 @@ def make_dataset(task: str, config, *, shard: int = 0, num_shards: int = 1) -> D
     name = config.data.dataset or next(iter(builders))
     if name not in builders:
         raise DataError(f"unknown data.dataset {name!r} for this model; valid: {', '.join(builders)}")
+    for option, readers in DATASET_OPTIONS.items():
+        if config.data.get(option, 0) and name not in readers:
+            raise DataError(f"data.{option} is read only by the {' / '.join(readers)} data; this run's data is {name!r} "
+                            f"(--model={config.model_name}); leave it at 0")
     return builders[name](config, shard, num_shards)
