@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
 
 import flax.linen as nn
 import jax

@@ -10,7 +10,7 @@ BatchNorm running statistics live in the ``batch_stats`` collection, which the t
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

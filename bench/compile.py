@@ -110,7 +110,7 @@ def markdown_table(result: dict) -> list[str]:
     for variant, label in (("unrolled", "unrolled (Python loop)"), ("scan", "scan over layers (nn.scan)")):
         r = result[variant]
         rows.append(f"| {label} | " + " | ".join(f"{s:.1f} s" for s in r["compile_s"]) + f" | {r['slope_s_per_layer']:.2f} |")
-    rows.append(f"| unrolled / scan | " + " | ".join(
+    rows.append("| unrolled / scan | " + " | ".join(
         f"{u / s:.1f}x" for u, s in zip(result["unrolled"]["compile_s"], result["scan"]["compile_s"])
     ) + (f" | {result['unrolled_over_scan_slope']:.1f}x |" if result["unrolled_over_scan_slope"] is not None else " | scan flat |"))
     bound = [""] * (len(layers) - 1) + [f"{result['bound_unrolled_over_scan_at_deepest']:.1f}x", ""]

@@ -44,7 +44,7 @@ WORKDIR = "runs/notebooks/model_zoo/cnn" + ("_smoke" if SMOKE else "")
 # offline (`images` is scikit-learn's digits, `corpus` the stdlib's pydoc topics; see `train/data.py`).
 
 # %%
-from arch import MODELS, get_model_spec
+from arch import MODELS
 from train.config import apply_overrides, get_config
 from train.data import dataset_names
 

@@ -10,7 +10,6 @@ import pytest
 from conftest import tiny_config
 
 from arch import get_model_spec
-from train import data as data_lib
 from train.data import ArrayIterator, DataError
 from train.image_data import load_images
 from train.loop import train_and_evaluate

@@ -17,7 +17,6 @@ def _params(workdir):
 
 
 def _params_at(workdir, step):
-    import flax.linen as nn
 
     from train.checkpoint import Checkpointer
     from train.run import Run

@@ -1,6 +1,5 @@
 """int8 fake quantisation (arch/quant.py), QAT on the normal training path, PTQ (train/quantize.py)."""
 
-import os
 
 import jax
 import jax.numpy as jnp

@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 
 from arch.search_space import (NUM_EDGES, NUM_OPS, OPS, CellSpace, DenseSpace, GenotypeError, HyperparameterSpace,
                                genotype_from_string, genotype_to_string, op_frequencies)
-from train.nas.search import STRATEGIES, init_search, run_search, summarize_best
+from train.nas.search import init_search, run_search, summarize_best
 from train.nas.search_config import SearchConfig, search_config
 from train.nas.space_ops import num_codes
 
