@@ -118,9 +118,11 @@ def test_train_examples_applies_to_every_image_dataset(model, task, overrides):
     ("transformer", "train_examples", "corpus"),
     ("gru_classifier", "validation_examples", "topics"),
     ("gan", "validation_examples", "ring"),
+    ("gru_classifier", "classes", "topics"),
+    ("transformer", "classes", "corpus"),
 ])
 def test_subset_options_on_other_data_are_refused(model, option, data_name):
-    config = tiny_config(model, **{f"data__{option}": "10"})
+    config = tiny_config(model, **{f"data__{option}": "0-3" if option == "classes" else "10"})
     with pytest.raises(DataError, match=rf"data.{option} is read only by the .*; this run's data is '{data_name}'"):
         make_dataset(get_model_spec(model).task, config)
 

@@ -355,6 +355,7 @@ def dataset_names(task: str) -> tuple[str, ...]:
 
 # Data options only some datasets read: set for any other, they are an error, not a silent no-op.
 DATASET_OPTIONS = {
+    "classes": ("images",),
     "train_examples": ("images", "hazy_digits", "digits"),
     "validation_examples": ("images",),
 }
@@ -371,5 +372,5 @@ def make_dataset(task: str, config, *, shard: int = 0, num_shards: int = 1) -> D
     for option, readers in DATASET_OPTIONS.items():
         if config.data.get(option, 0) and name not in readers:
             raise DataError(f"data.{option} is read only by the {' / '.join(readers)} data; this run's data is {name!r} "
-                            f"(--model={config.model_name}); leave it at 0")
+                            f"(--model={config.model_name}); leave it unset")
     return builders[name](config, shard, num_shards)
