@@ -9,6 +9,8 @@ values with one line naming the valid choices. Field names here are a contract o
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from arch import get_model_spec
@@ -94,6 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
     # there are several processes), off, or explicit (--coordinator, --num_processes, --process_id).
     c.parallel.distributed = "auto"
     c.parallel.heartbeat_timeout_s = 30  # a process silent this long stops the job (jax.distributed; its default is 100)
+    c.parallel.initialization_timeout_s = 120  # multi-host start-up: give up this long after a peer fails to join
     c.parallel.replicated_warn_size = 65536  # warn when a param this large is replicated on a model/fsdp mesh
 
     c.sample = ml_collections.ConfigDict()
@@ -226,12 +229,17 @@ def _convert(key: str, raw: str, current):
         if kind is int:
             return int(raw)
         if kind is float:
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ConfigError(f"bad value for config.{key}: {raw!r} is not a finite number")
+            return value
         if kind is str:
             return raw
         if kind is tuple:
             element = type(current[0]) if current else str
             return tuple(element(p.strip()) for p in raw.split(",") if p.strip())
+    except ConfigError:
+        raise
     except ValueError:
         pass
     raise ConfigError(f"bad value for config.{key}: {raw!r} is not a valid {kind.__name__}")
@@ -301,6 +309,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"parallel.distributed must be auto, off or explicit (got {config.parallel.distributed!r})"),
         (config.parallel.num_devices >= 0, "parallel.num_devices must be >= 0 (0 means every device)"),
         (config.parallel.heartbeat_timeout_s >= 1, "parallel.heartbeat_timeout_s must be >= 1"),
+        (config.parallel.initialization_timeout_s >= 1, "parallel.initialization_timeout_s must be >= 1"),
     ]
     from train.data import dataset_names
 
@@ -375,6 +384,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     for module in (prune, regularize, augment, early_stopping, distill):
         checks += [(False, message) for message in module.config_problems(config.train)]
+    if "sample" in config:
+        checks += sample_problems(config.sample)
+        if config.model.get("positional") == "learned":
+            prompt_len = min(len(config.sample.prompt.encode("utf-8", errors="surrogatepass")), config.model.max_len)
+            checks.append((prompt_len + config.sample.length <= config.model.max_len,
+                           f"sample.length={config.sample.length} plus the prompt's {prompt_len} bytes exceeds model.max_len="
+                           f"{config.model.max_len}, the most a model with learned positions can generate"))
+    checks += [(False, f"config.{key} must be a finite number (got {value})")
+               for key, value in _leaves(config.to_dict()) if isinstance(value, float) and not math.isfinite(value)]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def sample_problems(s: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+    """Checks of the ``sample`` section (the text drawn at the end of an LM run), so a bad value is
+    refused before training rather than after it."""
+    return [
+        (s.length >= 1, f"sample.length must be >= 1 (got {s.length})"),
+        (s.temperature >= 0, f"sample.temperature must be >= 0, 0 = greedy (got {s.temperature})"),
+        (0 <= s.top_k <= 256, f"sample.top_k must be in [0, 256], 0 = all bytes (got {s.top_k})"),
+        (_is_utf8(s.prompt), f"sample.prompt {s.prompt!r} is not valid UTF-8 text"),
+    ]
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
