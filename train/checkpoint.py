@@ -1,35 +1,74 @@
 """Orbax checkpoints of the whole run: train state + data-iterator position, saved together.
 
-``restore_latest`` walks back from the newest step when a step is truncated or corrupt, says so,
-and, once an older step restored, moves the unreadable ones aside (``<step>.unreadable``) rather
-than deleting them; if no step is intact it raises, touching nothing, instead of starting over. Restoring takes the target's shardings,
-so a checkpoint written on one mesh loads onto another.
+Every step is written by orbax (temporary directory, then an atomic rename) and then sealed with
+``archlab_checksums.json``: the SHA-256 and size of each file in the step. ``restore_latest``
+walks back from the newest step past any step that is truncated, fails its checksums, holds a
+non-finite value or a malformed data position, says so, and, once an older step restored, moves
+the unreadable ones aside (``<step>.unreadable``) rather than deleting them; if no step is intact
+it raises, touching nothing, instead of starting over. Readers (``read_only=True``: sample, export,
+distillation, transfer) do the same walk but never write or rename anything. Restoring takes the
+target's shardings, so a checkpoint written on one mesh loads onto another.
+
+A state with a non-finite leaf is never written (``NonFiniteStateError``), and a failed write
+(disk full, file-size limit, permissions) surfaces as one ``CheckpointWriteError`` line with the
+earlier steps untouched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from train.parallel import param_path_name
 from train.state import TrainState
+
+CHECKSUMS = "archlab_checksums.json"
+
 
 class CheckpointError(RuntimeError):
     """No intact checkpoint where one was expected."""
 
 
-class Checkpointer:
-    """Thin wrapper over ``ocp.CheckpointManager`` with items ``state`` and ``data``."""
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, file too large, permissions)."""
 
-    def __init__(self, directory: str, *, keep: int):
+
+class NonFiniteStateError(RuntimeError):
+    """A state about to be saved holds NaN/inf; nothing was written."""
+
+
+class Checkpointer:
+    """Thin wrapper over ``ocp.CheckpointManager`` with items ``state`` and ``data``.
+
+    ``read_only``: open existing steps only; nothing is created, cleaned, renamed or written.
+    Otherwise orphaned orbax temporary directories (a save killed mid-write) are removed at start.
+    """
+
+    def __init__(self, directory: str, *, keep: int, read_only: bool = False):
         self.directory = os.path.abspath(directory)
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True),
-            item_names=("state", "data"),
-        )
+        self.read_only = read_only
+        self._unsealed: list[int] = []  # saved steps whose checksums are not written yet
+        # A failed background write is re-raised by ``wait`` as one CheckpointWriteError line; the
+        # tracebacks orbax logs from its threads on the way would bury it.
+        self._log_filter = _OrbaxErrorLogFilter()
+        logging.getLogger("absl").addFilter(self._log_filter)
+        with _quiet_absl():
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+                    cleanup_tmp_directories=not read_only and jax.process_index() == 0,
+                ),
+                item_names=("state", "data"),
+            )
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -38,12 +77,24 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state: TrainState, data_state: dict) -> None:
-        """Starts an async save; ``wait`` (or the next save) makes it durable."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
-            force=True,
-        )
+        """Starts an async save; ``wait`` (or the next save) makes it durable and seals it.
+
+        Raises NonFiniteStateError (nothing written) if any leaf of ``state`` is NaN/inf, and
+        CheckpointWriteError when this or the previous save could not be written.
+        """
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only")
+        bad = first_nonfinite_leaf(state)
+        if bad is not None:
+            raise NonFiniteStateError(f"{bad} holds NaN/inf at step {step}; no checkpoint of it was written")
+        self.wait()
+        with self._write_errors(step):
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                force=True,
+            )
+        self._unsealed.append(step)
 
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
         restored = self._manager.restore(
@@ -52,8 +103,12 @@ class Checkpointer:
         )
         return restored["state"], dict(restored["data"])
 
-    def restore_latest(self, abstract_state: TrainState, notify=print) -> tuple[TrainState, dict, int] | None:
-        """Newest intact (state, data_state, step), or None when there is no checkpoint at all."""
+    def restore_latest(self, abstract_state: TrainState, notify=print, check_data=None) -> tuple[TrainState, dict, int] | None:
+        """Newest intact (state, data_state, step), or None when there is no checkpoint at all.
+
+        ``check_data(data_state, step) -> problem | None`` rejects a malformed saved data position
+        the way a damaged array is rejected.
+        """
         steps = self.all_steps()
         if not steps:
             return None
@@ -65,20 +120,32 @@ class Checkpointer:
                 unreadable.append(step)
                 continue
             try:
-                state, data_state = self.restore(step, abstract_state)
+                problem = verify_checksums(os.path.join(self.directory, str(step)))
+                if problem:
+                    raise CheckpointError(problem)
+                with _quiet_absl():
+                    state, data_state = self.restore(step, abstract_state)
                 _check_restored(state, step)
+                bad = first_nonfinite_leaf(state)
+                if bad is not None:
+                    raise CheckpointError(f"{bad} holds NaN/inf")
+                problem = check_data(data_state, step) if check_data is not None else None
+                if problem:
+                    raise CheckpointError(f"saved data position: {problem}")
             except Exception as e:  # orbax/tensorstore raise many types for a damaged step
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                 notify(f"checkpoint step {step} in {self.directory} is unreadable ({reason}); trying the previous one")
                 unreadable.append(step)
                 continue
-            for bad, why in mismatches:
-                notify(f"checkpoint step {bad} in {self.directory} does not match the state ({why}); treating it as damaged")
-            if unreadable:
+            for bad_step, why in mismatches:
+                notify(f"checkpoint step {bad_step} in {self.directory} does not match the state ({why}); treating it as damaged")
+            if unreadable and not self.read_only:
                 notify(f"resuming from step {step}; unreadable steps kept aside as <step>.unreadable")
                 if jax.process_index() == 0:
-                    for bad in unreadable:
-                        self._move_aside(bad)
+                    for bad_step in unreadable:
+                        self._move_aside(bad_step)
+            elif unreadable:
+                notify(f"using step {step}, the newest intact one (read-only: the unreadable steps are left as they are)")
             return state, data_state, step
         config_mismatches = [(step, why) for step, why in mismatches if not why.endswith("missing from the checkpoint")]
         if config_mismatches:  # shapes differ, or the checkpoint has extra entries: not truncation
@@ -100,16 +167,12 @@ class Checkpointer:
         reading (and failing on) every array of every step. Unreadable metadata returns None and
         is left to the restore attempt.
         """
-        absl_logger = logging.getLogger("absl")
-        level = absl_logger.level
-        absl_logger.setLevel(logging.ERROR)  # orbax warns that the item dir has no step metadata
         try:
-            saved = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
+            with _quiet_absl():
+                saved = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
             saved = _shapes_by_path(getattr(saved, "item_metadata", saved))
         except Exception:
             return None
-        finally:
-            absl_logger.setLevel(level)
         wanted = _shapes_by_path(abstract_state)
         if saved == wanted:
             return None
@@ -127,23 +190,173 @@ class Checkpointer:
             os.rename(src, dst)
         self._manager.reload()
 
+    @contextlib.contextmanager
+    def _write_errors(self, step: int | None):
+        """Turns a failed write into one CheckpointWriteError line (earlier steps stay intact)."""
+        try:
+            yield
+        except Exception as e:  # orbax re-raises the background thread's error, often wrapped
+            cause = _os_error_in(e)
+            what = f"checkpoint step {step}" if step is not None else "a checkpoint"
+            if cause is None:
+                raise
+            reason = os.strerror(cause.errno) if cause.errno else str(cause)
+            raise CheckpointWriteError(
+                f"could not write {what} in {self.directory}: {reason}; earlier checkpoints are intact "
+                "(free space, raise the file-size limit or fix the permissions, then run the same command to resume)"
+            ) from None
+
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Blocks until pending saves are on disk, then seals each with its checksums."""
+        with self._write_errors(self._unsealed[-1] if self._unsealed else None):
+            self._manager.wait_until_finished()
+            if jax.process_index() == 0:
+                for step in self._unsealed:
+                    step_dir = os.path.join(self.directory, str(step))
+                    if os.path.isdir(step_dir):
+                        write_checksums(step_dir)
+        self._unsealed = []
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            if not self.read_only:
+                self.wait()
+        finally:
+            self._manager.close()
+            logging.getLogger("absl").removeFilter(self._log_filter)
+
+
+class _OrbaxErrorLogFilter(logging.Filter):
+    """Drops orbax's ERROR records (with their tracebacks): the error itself still reaches ``wait``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def probe_checkpoint_dir(directory: str) -> None:
+    """Proves orbax can write under ``directory`` (a tiny save, then removed), so a path it cannot
+    save to (not UTF-8, unwritable, wrong file system) fails before training, not at the first save."""
+    import shutil
+
+    try:
+        os.fsencode(directory).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointWriteError(
+            f"checkpoint path {os.fsencode(directory)!r} is not valid UTF-8, which orbax/tensorstore cannot write; use another --workdir"
+        ) from None
+    probe = os.path.join(directory, f".save-probe-{os.getpid()}-{jax.process_index()}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with _quiet_absl(), ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(os.path.join(probe, "item"), {"probe": np.zeros(2, np.float32)})
+            checkpointer.wait_until_finished()
+    except Exception as e:
+        cause = _os_error_in(e)
+        reason = (os.strerror(cause.errno) if cause is not None and cause.errno else str(e).strip().splitlines()[0][:200]) if str(e) or cause else type(e).__name__
+        raise CheckpointWriteError(f"cannot write checkpoints in {directory} ({reason}); fix it or use another --workdir") from None
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+    """orbax logs a damaged step at ERROR through absl ("Failed to json parse ..."); the caller
+    reports it in one line instead."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError behind an orbax/tensorstore failure (its cause chain or its message), if any."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    import errno
+
+    for code in (errno.ENOSPC, errno.EFBIG, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM):
+        if os.strerror(code) in text or errno.errorcode[code] in text:
+            return OSError(code, os.strerror(code))
+    if "RESOURCE_EXHAUSTED" in text and "No space" in text:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
+
+
+def _file_digests(step_dir: str) -> dict[str, list]:
+    digests = {}
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel in (CHECKSUMS, CHECKSUMS + ".tmp"):
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            digests[rel] = [os.path.getsize(path), h.hexdigest()]
+    return digests
+
+
+def write_checksums(step_dir: str) -> None:
+    """Seals a finished step: SHA-256 and size of every file in it, written atomically."""
+    tmp = os.path.join(step_dir, CHECKSUMS + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"algorithm": "sha256", "files": _file_digests(step_dir)}, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
+
+
+def verify_checksums(step_dir: str) -> str | None:
+    """None if the step matches its checksums (or predates them), else what differs."""
+    path = os.path.join(step_dir, CHECKSUMS)
+    if not os.path.exists(path):
+        return None  # written before checksums existed, or the writer died between save and seal
+    try:
+        with open(path) as f:
+            expected = json.load(f)["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its {CHECKSUMS} is unreadable ({e})"
+    actual = _file_digests(step_dir)
+    for rel, (size, digest) in sorted(expected.items()):
+        if rel not in actual:
+            return f"{rel} is missing"
+        if actual[rel][0] != size:
+            return f"{rel} is {actual[rel][0]} bytes, {size} when saved"
+        if actual[rel][1] != digest:
+            return f"{rel} fails its SHA-256 checksum (bytes changed since it was saved)"
+    return None
+
+
+@jax.jit
+def _finite_flags(leaves):
+    return [jnp.all(jnp.isfinite(x)) for x in leaves]
+
+
+def first_nonfinite_leaf(tree) -> str | None:
+    """Path of the first floating-point leaf holding NaN/inf (e.g. ``params/dense_0/kernel``), or None."""
+    named = [(path, leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+             if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)]
+    if not named:
+        return None
+    flags = _finite_flags([leaf for _, leaf in named])
+    for (path, _), ok in zip(named, flags):
+        if not bool(np.asarray(ok.addressable_data(0) if hasattr(ok, "addressable_data") else ok)):
+            return param_path_name(path)
+    return None
 
 
 def _shapes_by_path(tree) -> dict[str, tuple]:
-    def name(entry):
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                return str(getattr(entry, attr))
-        return str(entry)
-
     return {
-        ".".join(name(e) for e in path): tuple(leaf.shape)
+        param_path_name(path): tuple(leaf.shape)
         for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
         if hasattr(leaf, "shape")
     }
@@ -175,7 +388,9 @@ def load_run_info(workdir: str) -> dict:
 
 
 def restore_params(workdir: str, notify=print):
-    """(config, params, model_state, step) of the latest intact checkpoint, on one device."""
+    """(config, params, model_state, step) of the newest intact checkpoint, on one device.
+
+    Read-only: writes, creates and renames nothing in ``workdir``."""
     import flax.linen as nn
     import jax.numpy as jnp
 
@@ -194,7 +409,10 @@ def restore_params(workdir: str, notify=print):
     boxed = jax.eval_shape(lambda: init_train_state(module, tx, example, jax.random.PRNGKey(0)))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), nn.meta.unbox(boxed))
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"no checkpoint in {directory}")
+    checkpointer = Checkpointer(directory, keep=config.checkpoint.keep, read_only=True)
     try:
         restored = checkpointer.restore_latest(abstract, notify=notify)
     finally:

@@ -94,6 +94,16 @@ class PositionIterator(abc.ABC):
     def set_state(self, state: dict) -> None:
         self.position = int(state["position"])
 
+    @staticmethod
+    def state_problem(state: dict, step: int) -> str | None:
+        """Why a saved ``get_state()`` cannot be the position after ``step`` steps (one batch a step), or None."""
+        position = state.get("position") if isinstance(state, dict) else None
+        if not isinstance(position, int) or isinstance(position, bool):
+            return f"'position' is {position!r}, not an integer"
+        if position != step:
+            return f"'position' is {position} but the state is at step {step}"
+        return None
+
     def _local_rows(self, rows: np.ndarray) -> np.ndarray:
         per = self.batch_size // self.num_shards
         return rows[self.shard * per : (self.shard + 1) * per]
