@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", required=True, help=f"one of: {', '.join(sorted(MODELS))}")
     parser.add_argument("--workdir", default=None, help="run directory (default runs/<model>); the same one again resumes")
+    parser.add_argument("--restart", action="store_true",
+                        help="train from step 0 in a workdir that holds an earlier run's metrics but no checkpoints (its metrics.jsonl is kept aside, never overwritten)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar (log lines only)")
     parser.add_argument("--dry_run", action="store_true", help="check the model, config and data, print the resolved config, and exit without training")
     parser.add_argument("--summary", action="store_true", help="print parameters per module and XLA FLOPs per example, and exit without training")
@@ -42,12 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         config = apply_overrides(get_config(args.model), overrides)
     except (UnknownModelError, ConfigError) as e:
         fail(str(e))
+    if args.workdir is not None and not args.workdir.strip():
+        fail("--workdir is empty; give a directory (default when the flag is left out: runs/<model>)")
     workdir = args.workdir or f"runs/{args.model}"
 
     quiet_logs()
-    from train.checkpoint import CheckpointError
+    from train.checkpoint import CheckpointError, NonFiniteStateError
     from train.data import DataError
     from train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
+    from train.memory_budget import OutOfMemoryError, is_out_of_memory
     from train.parallel import MeshError
 
     if args.summary:
@@ -74,14 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         p = config.parallel
         started = initialize_distributed(p.distributed, coordinator=args.coordinator, num_processes=args.num_processes,
-                                         process_id=args.process_id, heartbeat_timeout_s=p.heartbeat_timeout_s)
+                                         process_id=args.process_id, heartbeat_timeout_s=p.heartbeat_timeout_s,
+                                         initialization_timeout_s=p.initialization_timeout_s)
         if "process" in started and not started.startswith("single"):
             print(f"jax.distributed: {started}", flush=True)
-        train_and_evaluate(config, workdir, progress=not args.no_progress)
-    except (ConfigError, DataError, WorkdirError, MeshError, CheckpointError) as e:
+        train_and_evaluate(config, workdir, progress=not args.no_progress, restart=args.restart)
+    except (ConfigError, DataError, WorkdirError, MeshError, CheckpointError, OutOfMemoryError) as e:
         fail(str(e))
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, NonFiniteStateError) as e:
         fail(str(e), code=1)
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        fail(f"out of memory ({reason}); lower train.batch_size or the model size, or shard over more devices "
+             "(checkpoints written before this are intact)", code=1)
     return 0
 
 

@@ -25,19 +25,25 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from train import parallel
-from train.checkpoint import Checkpointer
+from train.checkpoint import Checkpointer, NonFiniteStateError, probe_checkpoint_dir
 from train.metrics import MetricWriter, plot_loss_curves, read_metrics
 from train.run import Run, accumulate_metrics
 from train.state import TrainState, param_count
-from train import early_stopping, prune as prune_lib
+from train import early_stopping, memory_budget, prune as prune_lib
+from train.workdir_lock import WorkdirLock, WorkdirLockedError
 
 
 class WorkdirError(ValueError):
-    """A workdir that is a file or cannot be written."""
+    """A workdir that is a file, cannot be written, is in use, or would lose an earlier run's history."""
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; no checkpoint of it was written."""
+    """Training produced a NaN/inf loss or state; no checkpoint of it was written."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM/Ctrl-C arrived outside the training loop (start-up or the final evaluation); every
+    checkpoint written so far is intact and the same command resumes."""
 
 
 # ----------------------------------------------------------------------------------- workdir
@@ -45,6 +51,8 @@ class NonFiniteLossError(RuntimeError):
 
 def check_workdir(workdir: str) -> str:
     """Creates ``workdir`` if needed and proves it writable, without touching its contents."""
+    if not workdir or not workdir.strip():
+        raise WorkdirError("workdir is empty; give a directory")
     workdir = os.path.abspath(workdir)
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirError(f"workdir {workdir!r} is a file, not a directory")
@@ -99,6 +107,11 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
 
+    def raise_if_stopped(self, where: str) -> None:
+        """At a stage boundary outside the loop: a pending SIGTERM/Ctrl-C ends the run here."""
+        if self.signal_name is not None:
+            raise Interrupted(f"received {self.signal_name} {where}")
+
     def check(self, step: int) -> bool:
         """Called once per step by every process; True when this step is where to stop."""
         if self._multi_process and self.signal_name is None:
@@ -149,8 +162,42 @@ def _check_finite(state: TrainState) -> None:
     bad = _host_scalar(state.nonfinite_step)
     if bad >= 0:
         raise NonFiniteLossError(
-            f"loss became non-finite at step {bad + 1}; stopped without writing a checkpoint of it (earlier checkpoints are intact)"
+            f"loss, gradients or updated parameters became non-finite at step {bad + 1} (check train.learning_rate, "
+            "train.weight_decay and the data); stopped without writing a checkpoint of it (earlier checkpoints are intact)"
         )
+
+
+def _guard_history(workdir: str, restart: bool, say) -> None:
+    """A workdir with an earlier run's metrics/config but no checkpoint is never silently started over."""
+    history = [name for name in ("metrics.jsonl", "config.json") if os.path.isfile(os.path.join(workdir, name))]
+    if not history:
+        return
+    if not restart:
+        raise WorkdirError(
+            f"{workdir} holds an earlier run ({' and '.join(history)}) but no checkpoint to resume; refusing to start over "
+            "and overwrite its history: pass --restart to train from step 0 (the old metrics.jsonl is kept aside), or use another --workdir"
+        )
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isfile(metrics) and jax.process_index() == 0:
+        kept = os.path.join(workdir, time.strftime("metrics.before-restart-%Y%m%d-%H%M%S.jsonl"))
+        os.replace(metrics, kept)
+        say(f"--restart: training from step 0; the earlier metrics are kept in {kept}")
+
+
+def _resume_hint(restored) -> str:
+    return f"the latest checkpoint is step {restored[2]}" if restored is not None else "no checkpoint was written yet"
+
+
+def _close_after_failure(checkpointer: Checkpointer, best) -> None:
+    """Closes the checkpointers while another error is on its way out: theirs must not replace it."""
+    for closable in (checkpointer, best):
+        if closable is not None:
+            with contextlib.suppress(Exception):
+                closable.close()
+
+
+def _logged(path: str, step: int, split: str) -> bool:
+    return os.path.isfile(path) and any(r.get("step") == step and r.get("split") == split for r in read_metrics(path))
 
 
 def _score_test_split(run: Run, state: TrainState, step: int, best, say) -> tuple[dict, int, str]:
@@ -159,7 +206,7 @@ def _score_test_split(run: Run, state: TrainState, step: int, best, say) -> tupl
     test_state, test_step, which = state, step, "last state"
     directory = os.path.join(best.workdir, "checkpoints") if best is not None else ""
     if directory and os.path.isdir(directory):
-        saved = Checkpointer(directory, keep=1)
+        saved = Checkpointer(directory, keep=1, read_only=True)
         try:
             restored = saved.restore_latest(run.abstract_state, notify=say)
         finally:
@@ -177,19 +224,44 @@ def train_and_evaluate(
     stop_at_step: int | None = None,
     progress: bool = True,
     echo=print,
+    restart: bool = False,
 ) -> dict:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
 
     ``stop_at_step`` ends this invocation early after saving a checkpoint, as a preemption would
-    (used by the kill-and-resume test). Returns a summary dict (final step, eval metrics, sample).
+    (used by the kill-and-resume test). ``restart`` allows starting from step 0 in a workdir that
+    holds an earlier run's metrics but no checkpoint (they are kept aside, never overwritten).
+    One trainer per workdir: a second one raises WorkdirError naming the first one's pid.
+    Returns a summary dict (final step, eval metrics, sample).
     """
+    workdir = check_workdir(workdir)
+    lock = WorkdirLock(workdir, jax.process_index())
+    try:
+        lock.acquire()
+    except WorkdirLockedError as e:
+        raise WorkdirError(str(e)) from None
+    stop = StopRequest()
+    try:
+        with stop.installed():
+            return _train_and_evaluate(config, workdir, stop, stop_at_step=stop_at_step, progress=progress, echo=echo, restart=restart)
+    except Interrupted as e:
+        if jax.process_index() == 0:
+            echo(f"{e}; run the same command to resume")
+        return {"workdir": workdir, "interrupted": True, "signal": stop.signal_name}
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step, progress, echo, restart) -> dict:
     primary = jax.process_index() == 0
     say = echo if primary else (lambda *a, **k: None)
     started = time.time()
 
     # --- checks that must fail before any work
-    workdir = check_workdir(workdir)
+    probe_checkpoint_dir(os.path.join(workdir, "checkpoints"))
     run = Run(config)
+    devices = list(run.mesh.devices.flat)
+    memory_budget.check_state_fits(run.abstract_state, devices)
     config = run.config  # with model values read off the data (ModelSpec.from_data)
     if config.train.early_stopping_metric:
         _check_stopping_metric(run, config.train.early_stopping_metric)
@@ -197,9 +269,10 @@ def train_and_evaluate(
 
     # --- state: restore the latest intact checkpoint, else init already sharded
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
-    restored = checkpointer.restore_latest(run.abstract_state, notify=say)
     iterator = run.train_iterator()
+    restored = checkpointer.restore_latest(run.abstract_state, notify=say, check_data=iterator.state_problem)
     if restored is None:
+        _guard_history(workdir, restart, say)
         state, start_step = run.init_state(config.seed), 0
     else:
         state, data_state, start_step = restored
@@ -228,62 +301,66 @@ def train_and_evaluate(
         say(line)
 
     # --- compile once, then loop
+    stop.raise_if_stopped(f"before compiling (nothing new to save; {_resume_hint(restored)})")
     compiled_step = run.compile_train_step()
+    memory_budget.check_compiled_fits(compiled_step, devices)
+    stop.raise_if_stopped(f"before the first step (nothing new to save; {_resume_hint(restored)})")
     eval_batches = run.eval_batches()
     end_step = t.steps if stop_at_step is None else min(t.steps, stop_at_step)
     if stopping_rule is not None:
         if stopping.stopped:
             say(f"this run already stopped early at step {start_step}: {early_stopping.describe(stopping_rule, stopping)}")
             end_step = start_step
-    stop = StopRequest()
     totals, window_start, window_time = None, start_step, time.time()
     last_saved = start_step if restored is not None else None
     step = start_step
     bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", disable=not (progress and primary),
                dynamic_ncols=True, mininterval=0.5, file=sys.stdout)
     try:
-        with stop.installed():
-            while step < end_step and not stop:
-                batch = run.place_batch(next(iterator))
-                state, metrics = compiled_step(state, batch)
-                totals = metrics if totals is None else accumulate_metrics(totals, metrics)
-                step += 1
-                bar.update(1)
-                stop.check(step)
+        while step < end_step and not stop:
+            batch = run.place_batch(next(iterator))
+            state, metrics = compiled_step(state, batch)
+            totals = metrics if totals is None else accumulate_metrics(totals, metrics)
+            step += 1
+            bar.update(1)
+            stop.check(step)
 
-                if step % t.log_every == 0 or step == t.steps:
-                    _check_finite(run.to_global(state))
-                    count = step - window_start
-                    host = {k: v / count for k, v in run.host_metrics(totals).items()}
-                    host["steps_per_s"] = count / max(time.time() - window_time, 1e-9)
-                    writer.write(step, "train", host)
-                    bar.set_postfix(loss=f"{host['loss']:.3f}", refresh=False)
-                    totals, window_start, window_time = None, step, time.time()
-                if step % t.eval_every == 0 and step != t.steps:
-                    result = run.evaluate(run.to_global(state), eval_batches)
-                    writer.write(step, "eval", result)
-                    run.plot(run.to_global(state), workdir, step)
-                    if primary:
-                        bar.write(f"step {step}: {run.data.held_out_name} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-                    if stopping_rule is not None:
-                        stopping, improved = early_stopping.update(stopping_rule, stopping, result[stopping_rule.metric], step)
-                        if improved:
-                            best.save(step, run.to_global(state), data_state())
-                        elif stopping.stopped:
-                            end_step = step  # this step's checkpoint is saved below, then the loop ends
-                if step % config.checkpoint.every == 0 or step == end_step:
-                    _check_finite(run.to_global(state))
-                    checkpointer.save(step, run.to_global(state), data_state())
-                    last_saved = step
-            if stop and step != last_saved:
+            if step % t.log_every == 0 or step == t.steps:
+                _check_finite(run.to_global(state))
+                count = step - window_start
+                host = {k: v / count for k, v in run.host_metrics(totals).items()}
+                host["steps_per_s"] = count / max(time.time() - window_time, 1e-9)
+                writer.write(step, "train", host)
+                bar.set_postfix(loss=f"{host['loss']:.3f}", refresh=False)
+                totals, window_start, window_time = None, step, time.time()
+            if step % t.eval_every == 0 and step != t.steps:
+                result = run.evaluate(run.to_global(state), eval_batches)
+                writer.write(step, "eval", result)
+                run.plot(run.to_global(state), workdir, step)
+                if primary:
+                    bar.write(f"step {step}: {run.data.held_out_name} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+                if stopping_rule is not None:
+                    stopping, improved = early_stopping.update(stopping_rule, stopping, result[stopping_rule.metric], step)
+                    if improved:
+                        best.save(step, run.to_global(state), data_state())
+                    elif stopping.stopped:
+                        end_step = step  # this step's checkpoint is saved below, then the loop ends
+            if step % config.checkpoint.every == 0 or step == end_step:
                 _check_finite(run.to_global(state))
                 checkpointer.save(step, run.to_global(state), data_state())
                 last_saved = step
-    finally:
+        if stop and step != last_saved:
+            _check_finite(run.to_global(state))
+            checkpointer.save(step, run.to_global(state), data_state())
+            last_saved = step
+    except BaseException:
         bar.close()
-        checkpointer.close()
-        if best is not None:
-            best.close()
+        _close_after_failure(checkpointer, best)
+        raise
+    bar.close()
+    checkpointer.close()
+    if best is not None:
+        best.close()
 
     summary = {"workdir": workdir, "step": step, "param_count": n_params, "train_seconds": time.time() - started}
     if stopping.stopped:
@@ -297,9 +374,11 @@ def train_and_evaluate(
         return summary
 
     # --- final evaluation, plot, sample
+    stop.raise_if_stopped(f"after the last checkpoint (step {step}); the final evaluation did not run")
     state = run.to_global(state)
     result = run.evaluate(state, eval_batches)
-    if not stopping.stopped:  # an early-stopped run was evaluated at its last step already
+    # An early-stopped run was evaluated at its last step already; a finished run run again has its row.
+    if not stopping.stopped and not _logged(writer.path, step, "eval"):
         writer.write(step, "eval", result)
     summary.update(eval=result, interrupted=False)
     if stopping_rule is not None and not stopping.stopped:
@@ -311,7 +390,8 @@ def train_and_evaluate(
     test = None
     if run.data.test_batches is not None:  # the held-out split was a validation split: score the test split once
         test, test_step, which = _score_test_split(run, state, step, best, say)
-        writer.write(test_step, "test", test)
+        if not _logged(writer.path, test_step, "test"):
+            writer.write(test_step, "test", test)
         summary["test"] = dict(test, step=test_step, state=which)
     writer.close()
     if "sparsity" in result:
@@ -328,6 +408,7 @@ def train_and_evaluate(
     if test is not None:
         say(f"test at step {test_step} ({which}): {run.task.report(test)}")
     if run.spec.task == "lm":
+        stop.raise_if_stopped(f"after the final evaluation (step {step}); the sample was not drawn")
         sample = run.sample(state, config.sample.prompt.encode("utf-8"), config.sample.length,
                             temperature=config.sample.temperature, top_k=config.sample.top_k, seed=config.seed)
         summary["sample"] = sample

@@ -306,7 +306,8 @@ def cluster_says_multiprocess() -> str | None:
 
 
 def initialize_distributed(mode: str, *, coordinator: str = "", num_processes: int | None = None,
-                           process_id: int | None = None, heartbeat_timeout_s: int = 30) -> str:
+                           process_id: int | None = None, heartbeat_timeout_s: int = 30,
+                           initialization_timeout_s: int = 120) -> str:
     """Starts JAX's multi-process runtime per ``parallel.distributed``; returns what it did.
 
     ``auto``: ``jax.distributed.initialize()`` with the scheduler's own settings when SLURM, Open MPI,
@@ -329,7 +330,7 @@ def initialize_distributed(mode: str, *, coordinator: str = "", num_processes: i
         if source == "JAX_COORDINATOR_ADDRESS":
             kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"], num_processes=_env_int("JAX_NUM_PROCESSES"),
                           process_id=_env_int("JAX_PROCESS_ID"))
-        jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat_timeout_s)
+        jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat_timeout_s, initialization_timeout=initialization_timeout_s)
         return f"{jax.process_count()} processes ({source}), this is process {jax.process_index()}"
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
@@ -342,5 +343,5 @@ def initialize_distributed(mode: str, *, coordinator: str = "", num_processes: i
     if process_id is None or not 0 <= process_id < num_processes:
         raise MeshError(f"parallel.distributed=explicit needs --process_id in 0..{num_processes - 1} (or JAX_PROCESS_ID); got {process_id}")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
-                               heartbeat_timeout_seconds=heartbeat_timeout_s)
+                               heartbeat_timeout_seconds=heartbeat_timeout_s, initialization_timeout=initialization_timeout_s)
     return f"process {process_id} of {num_processes}, coordinator {coordinator}"

@@ -1,0 +1,411 @@
+"""Faults that used to lose or corrupt data (NaN state, damaged bytes, two trainers, silent start
+over) and the resource faults around a run: each probe is run as a user or a hostile file system
+would, and checks that nothing already saved is lost."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, assert_one_line_error, cli_env, run_cli, tiny_cli_flags, tiny_config
+
+from train.checkpoint import CHECKSUMS, Checkpointer, first_nonfinite_leaf, restore_params
+from train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
+
+MLP = ["--model=mlp", "--config.train.steps=4", "--config.checkpoint.every=2", "--config.train.log_every=2",
+       "--config.train.eval_every=100", "--no_progress"]
+
+
+def quiet(*_):
+    pass
+
+
+def mlp_run(workdir, *extra, **kw):
+    return run_cli("launch.train", f"--workdir={workdir}", *MLP, *extra, **kw)
+
+
+def tree_state(path):
+    """(relative path, size, mtime_ns) of every file and directory under ``path``."""
+    entries = []
+    for root, dirs, files in os.walk(path):
+        for name in sorted(dirs + files):
+            full = os.path.join(root, name)
+            st = os.lstat(full)
+            entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return sorted(entries)
+
+
+def read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def largest_file(directory):
+    files = [os.path.join(r, n) for r, _, fs in os.walk(directory) for n in fs if n != CHECKSUMS]
+    return max(files, key=os.path.getsize)
+
+
+@pytest.fixture(scope="module")
+def trained_mlp(tmp_path_factory):
+    """A finished 4-step mlp run with checkpoints at steps 2 and 4 (copied by tests that damage it)."""
+    workdir = tmp_path_factory.mktemp("faults") / "mlp"
+    proc = mlp_run(workdir)
+    assert proc.returncode == 0, proc.stderr
+    return workdir
+
+
+def copy_run(source, tmp_path, name="run"):
+    target = tmp_path / name
+    shutil.copytree(source, target)
+    return target
+
+
+# ------------------------------------------------------------------------- 1. NaN state
+
+
+@pytest.mark.parametrize("override", ["train.weight_decay=nan", "train.min_lr_ratio=nan", "train.learning_rate=inf"])
+def test_nonfinite_config_values_are_refused_at_parse_time(tmp_path, override):
+    proc = run_cli("launch.train", "--model=mlp", f"--workdir={tmp_path / 'w'}", f"--config.{override}")
+    assert_one_line_error(proc, f"config.{override.split('=')[0]}", "finite")
+    assert not (tmp_path / "w").exists()
+
+
+def test_nan_parameters_with_a_finite_loss_are_never_checkpointed(tmp_path):
+    # A NaN weight decay passes a finite loss and gradient at step 1 but makes every param NaN:
+    # the guard must see the updated params, and no checkpoint may be written.
+    config = tiny_config("mlp", train__steps=4, checkpoint__every=1, train__log_every=2)
+    config.unlock()
+    config.train.weight_decay = float("nan")
+    config.lock()
+    with pytest.raises(NonFiniteLossError, match="non-finite at step 1"):
+        train_and_evaluate(config, str(tmp_path / "w"), progress=False, echo=quiet)
+    assert os.listdir(tmp_path / "w" / "checkpoints") == []
+
+
+def test_saving_a_nonfinite_state_writes_nothing(tmp_path, trained_mlp):
+    from train.checkpoint import NonFiniteStateError
+
+    config, params, model_state, step = restore_params(str(trained_mlp), notify=quiet)
+    bad = jax.tree.map(lambda x: x * np.nan, params)
+    checkpointer = Checkpointer(str(tmp_path / "ckpt"), keep=3)
+    with pytest.raises(NonFiniteStateError, match="kernel|bias"):
+        checkpointer.save(7, {"params": bad}, {"position": 7})
+    checkpointer.close()
+    assert checkpointer.all_steps() == []
+    assert first_nonfinite_leaf({"params": params}) is None
+    assert "head" in first_nonfinite_leaf({"params": bad}) or "dense" in first_nonfinite_leaf({"params": bad})
+
+
+def _save_raw_step(workdir, step, transform):
+    """Writes step ``step`` holding ``transform(state at the newest step)`` with orbax directly
+    (bypassing the trainer's checks), as a bug or another tool could."""
+    import orbax.checkpoint as ocp
+
+    from train.config import apply_overrides, get_config
+    from train.run import Run
+
+    run = Run(apply_overrides(get_config("mlp"), {"train.steps": "4"}))  # the config trained_mlp ran
+    checkpointer = Checkpointer(str(workdir / "checkpoints"), keep=10)
+    state, data = checkpointer.restore(checkpointer.latest_step(), run.abstract_state)
+    state = transform(state).replace(step=np.asarray(step, np.int32))
+    checkpointer._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                             data=ocp.args.JsonSave({**data, "position": step})), force=True)
+    checkpointer.close()
+
+
+def test_restore_steps_back_past_a_checkpoint_with_nan_params(tmp_path, trained_mlp):
+    workdir = copy_run(trained_mlp, tmp_path)
+    _save_raw_step(workdir, 6, lambda s: s.replace(params=jax.tree.map(lambda x: x * np.nan, s.params)))
+    messages = []
+    assert restore_params(str(workdir), notify=messages.append)[3] == 4
+    assert any("step 6" in m and "NaN" in m for m in messages), messages
+    assert os.path.isdir(workdir / "checkpoints" / "6")  # a reader renames nothing
+    proc = mlp_run(workdir, "--config.train.steps=8")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from step 4" in proc.stdout
+    assert os.path.isdir(workdir / "checkpoints" / "6.unreadable")
+
+
+# -------------------------------------------------------------------------- 2. corrupted bytes
+
+
+def test_overwritten_bytes_are_detected_and_the_previous_step_is_used(tmp_path, trained_mlp):
+    workdir = copy_run(trained_mlp, tmp_path)
+    target = largest_file(workdir / "checkpoints" / "4")
+    size = os.path.getsize(target)
+    assert size > 16384, target
+    with open(target, "r+b") as f:  # 4 KB of garbage mid-file, size unchanged
+        f.seek(size // 2)
+        f.write(np.random.default_rng(0).bytes(4096))
+    assert os.path.getsize(target) == size
+    before = tree_state(workdir)
+
+    messages = []
+    assert restore_params(str(workdir), notify=messages.append)[3] == 2
+    assert any("SHA-256" in m and "step 4" in m for m in messages), messages
+    assert tree_state(workdir) == before  # the reader wrote and renamed nothing
+
+    sample_like = run_cli("launch.train", f"--workdir={workdir}", *MLP[:-1], "--config.train.steps=6", "--no_progress")
+    assert sample_like.returncode == 0, sample_like.stderr
+    assert "resuming from step 2" in sample_like.stdout
+    assert "ERROR:absl" not in sample_like.stderr + sample_like.stdout
+    assert os.path.isdir(workdir / "checkpoints" / "4.unreadable")
+    assert restore_params(str(workdir), notify=quiet)[3] == 6
+
+
+def test_every_saved_step_is_sealed_with_checksums(trained_mlp):
+    for step in (2, 4):
+        manifest = json.load(open(trained_mlp / "checkpoints" / str(step) / CHECKSUMS))
+        assert manifest["algorithm"] == "sha256"
+        names = set(manifest["files"])
+        assert any(n.startswith("state/") for n in names) and any(n.startswith("data/") for n in names)
+
+
+def test_a_damaged_data_position_falls_back_like_a_damaged_array(tmp_path, trained_mlp):
+    from train.checkpoint import write_checksums
+
+    for damage, reseal in (("not json", False), (json.dumps({"position": "four"}), True), (json.dumps({"position": 99}), True)):
+        workdir = copy_run(trained_mlp, tmp_path, name=f"run{len(os.listdir(tmp_path))}")
+        step_dir = workdir / "checkpoints" / "4"
+        data_file = [os.path.join(r, n) for r, _, fs in os.walk(step_dir / "data") for n in fs][0]
+        with open(data_file, "w") as f:
+            f.write(damage)
+        if reseal:  # checksums match: only the position's own check can catch it
+            write_checksums(str(step_dir))
+        # readers need the params only: a resealed step (valid checksums) with intact arrays serves them
+        assert restore_params(str(workdir), notify=quiet)[3] == (4 if reseal else 2)
+        proc = mlp_run(workdir, "--config.train.steps=6")
+        assert proc.returncode == 0, proc.stderr
+        assert "resuming from step 2" in proc.stdout, (damage, proc.stdout)
+        assert "ERROR:absl" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ 3. workdir lock
+
+
+def _start_long_run(workdir):
+    flags = tiny_cli_flags(train__steps=100000, checkpoint__every=5, train__log_every=5, train__eval_every=100000)
+    return subprocess.Popen([sys.executable, "-m", "launch.train", "--model=transformer", f"--workdir={workdir}", *flags, "--no_progress"],
+                            cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_second_trainer_is_refused_and_kill_9_leaves_no_stale_lock(tmp_path):
+    workdir = tmp_path / "run"
+    first = _start_long_run(workdir)
+    try:
+        assert _wait_for(lambda: os.path.isdir(workdir / "checkpoints" / "5") or first.poll() is not None), "no checkpoint"
+        assert first.poll() is None, first.stderr.read()
+        metrics_before = read_file(workdir / "metrics.jsonl")
+        second = run_cli("launch.train", "--model=transformer", f"--workdir={workdir}", *tiny_cli_flags(train__steps=3))
+        assert_one_line_error(second, "in use by another trainer", f"pid {first.pid}")
+        assert read_file(workdir / "metrics.jsonl")[: len(metrics_before)] == metrics_before
+        reader = run_cli("launch.sample", f"--workdir={workdir}", "--length=8")  # readers keep working
+        assert reader.returncode == 0, reader.stderr
+    finally:
+        first.kill()  # SIGKILL: no cleanup code runs
+        first.wait()
+    third = run_cli("launch.train", "--model=transformer", f"--workdir={workdir}",
+                    *tiny_cli_flags(train__steps=12, checkpoint__every=5, train__eval_every=100), "--no_progress")
+    assert third.returncode == 0, third.stderr
+    assert "resuming from step" in third.stdout
+
+
+def test_the_lock_is_exclusive_in_process_too(tmp_path):
+    from train.workdir_lock import WorkdirLock, WorkdirLockedError
+
+    with WorkdirLock(str(tmp_path)):
+        with pytest.raises(WorkdirLockedError, match=f"pid {os.getpid()}"):
+            WorkdirLock(str(tmp_path)).acquire()
+    WorkdirLock(str(tmp_path)).acquire().release()  # released on exit
+
+
+# -------------------------------------------------------------------- 4. silent start over
+
+
+def test_history_without_checkpoints_is_not_overwritten(tmp_path, trained_mlp):
+    workdir = copy_run(trained_mlp, tmp_path)
+    shutil.rmtree(workdir / "checkpoints")
+    metrics = read_file(workdir / "metrics.jsonl")
+    proc = mlp_run(workdir)
+    assert_one_line_error(proc, "no checkpoint", "--restart")
+    assert read_file(workdir / "metrics.jsonl") == metrics
+    assert not (workdir / "checkpoints").exists() or os.listdir(workdir / "checkpoints") == []
+
+    restarted = mlp_run(workdir, "--restart")
+    assert restarted.returncode == 0, restarted.stderr
+    kept = [n for n in os.listdir(workdir) if n.startswith("metrics.before-restart-")]
+    assert len(kept) == 1 and read_file(workdir / kept[0]) == metrics
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert records[-1]["step"] == 4
+
+
+@pytest.mark.parametrize("flag", ["--workdir=", "--workdir=  "])
+def test_an_empty_workdir_is_refused(flag):
+    before = os.path.exists(os.path.join(REPO, "runs", "mlp"))
+    proc = run_cli("launch.train", "--model=mlp", flag, "--config.train.steps=2")
+    assert_one_line_error(proc, "--workdir is empty")
+    assert os.path.exists(os.path.join(REPO, "runs", "mlp")) == before
+    with pytest.raises(WorkdirError, match="empty"):
+        train_and_evaluate(tiny_config("mlp"), "", progress=False, echo=quiet)
+
+
+# ------------------------------------------------------------ unsaveable paths and resources
+
+
+def test_a_non_utf8_workdir_fails_before_training(tmp_path):
+    workdir = os.fsencode(str(tmp_path)) + b"/run-\xff"
+    proc = subprocess.run([sys.executable, "-m", "launch.train", b"--workdir=" + workdir, *MLP], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "UTF-8")
+    assert not os.path.exists(os.path.join(workdir, b"metrics.jsonl"))
+
+
+def test_a_finished_run_run_again_adds_no_duplicate_eval_row(tmp_path, trained_mlp):
+    workdir = copy_run(trained_mlp, tmp_path)
+    proc = mlp_run(workdir)
+    assert proc.returncode == 0, proc.stderr
+    rows = [(r["step"], r["split"]) for r in map(json.loads, open(workdir / "metrics.jsonl"))]
+    assert len(rows) == len(set(rows)), rows
+    assert (4, "eval") in rows
+
+
+def test_file_size_limit_gives_one_line_and_keeps_earlier_checkpoints(tmp_path, trained_mlp):
+    workdir = copy_run(trained_mlp, tmp_path)
+    size = os.path.getsize(largest_file(workdir / "checkpoints" / "4"))
+    before = {step: tree_state(workdir / "checkpoints" / step) for step in ("2", "4")}
+    limit = f"--fsize={size // 2}"  # RLIMIT_FSIZE; Python ignores SIGXFSZ, so writes fail with EFBIG
+    proc = subprocess.run(["prlimit", limit, sys.executable, "-m", "launch.train", f"--workdir={workdir}", *MLP, "--config.train.steps=8"],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "could not write checkpoint step 6", "File too large", "earlier checkpoints are intact")
+    for step, state in before.items():
+        assert tree_state(workdir / "checkpoints" / step) == state
+    assert restore_params(str(workdir), notify=quiet)[3] == 4
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 3 MB tmpfs (root only); skipped where mounting is not allowed."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and permission to mount a tmpfs to simulate a full disk")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_disk_full_gives_one_line_and_keeps_earlier_checkpoints(small_filesystem, trained_mlp):
+    workdir = small_filesystem / "run"
+    shutil.copytree(trained_mlp, workdir)
+    before = {step: tree_state(workdir / "checkpoints" / step) for step in ("2", "4")}
+    with open(small_filesystem / "filler", "wb") as f:  # leave room for logs but not for another step
+        free = shutil.disk_usage(small_filesystem).free
+        f.write(b"\0" * max(free - 200_000, 0))
+    proc = mlp_run(workdir, "--config.train.steps=8", "--config.checkpoint.keep=5")
+    assert_one_line_error(proc, "No space left on device", "earlier checkpoints are intact")
+    for step, state in before.items():
+        assert tree_state(workdir / "checkpoints" / step) == state
+
+
+def test_an_unwritable_checkpoints_dir_fails_before_training(tmp_path, trained_mlp):
+    workdir = copy_run(trained_mlp, tmp_path)
+    shutil.rmtree(workdir / "checkpoints")
+    (workdir / "checkpoints").write_text("a file where the checkpoints directory should be")
+    proc = mlp_run(workdir, "--restart")
+    assert_one_line_error(proc, "checkpoints")
+    assert "step" not in proc.stdout.split("params |")[-1]  # no training output
+    assert not any(n.startswith("metrics.before-restart") for n in os.listdir(workdir))
+
+
+def test_orphaned_orbax_temp_dirs_are_removed_at_start(tmp_path, trained_mlp):
+    workdir = copy_run(trained_mlp, tmp_path)
+    orphan = workdir / "checkpoints" / "6.orbax-checkpoint-tmp-1733300000000000"
+    (orphan / "state").mkdir(parents=True)
+    (orphan / "state" / "junk").write_bytes(b"half a save")
+    proc = mlp_run(workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert not orphan.exists()
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+
+
+# --------------------------------------------------------------------------- memory, signals
+
+
+def test_a_state_too_large_for_memory_is_refused_before_compiling(tmp_path):
+    start = time.time()
+    proc = run_cli("launch.train", "--model=transformer", f"--workdir={tmp_path / 'w'}", "--config.model.d_model=32768",
+                   "--config.model.mlp_dim=131072", "--config.model.num_heads=8", "--config.model.num_layers=8")
+    assert_one_line_error(proc, "needs", "GiB per device")
+    assert time.time() - start < 120
+    assert not os.path.isdir(tmp_path / "w" / "checkpoints") or os.listdir(tmp_path / "w" / "checkpoints") == []
+
+
+def test_sigterm_outside_the_loop_ends_the_run_cleanly(tmp_path, monkeypatch, trained_mlp):
+    import threading
+
+    from train.run import Run
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    original = Run.compile_train_step
+
+    def compile_then_sigterm(self):  # the signal lands while the step is compiling
+        compiled = original(self)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return compiled
+
+    monkeypatch.setattr(Run, "compile_train_step", compile_then_sigterm)
+    workdir = copy_run(trained_mlp, tmp_path)
+    before = tree_state(workdir / "checkpoints")
+    messages = []
+    config = tiny_config("mlp", train__steps=8, checkpoint__every=2)
+    summary = train_and_evaluate(config, str(workdir), progress=False, echo=messages.append)
+    assert summary["interrupted"] and summary["signal"] == "SIGTERM"
+    assert any("received SIGTERM before the first step" in m and "latest checkpoint is step 4" in m for m in messages), messages
+    assert tree_state(workdir / "checkpoints") == before
+
+
+def test_sigterm_during_start_up_exits_zero_in_one_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "launch.train", f"--workdir={tmp_path / 'w'}", *MLP], cwd=REPO, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # "mlp: N params | data ..." is printed before compiling
+    assert "params" in first, first + proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert "received SIGTERM" in out and "run the same command to resume" in out
+
+
+# ------------------------------------------------------------------------------- bad sample.*
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("sample.length=0", "sample.length"), ("sample.temperature=-1", "sample.temperature"),
+    ("sample.top_k=300", "sample.top_k"), ("sample.temperature=nan", "finite"),
+])
+def test_bad_sample_values_are_refused_before_training(tmp_path, override, fragment):
+    proc = run_cli("launch.train", "--model=transformer", f"--workdir={tmp_path / 'w'}", f"--config.{override}")
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "w").exists()
+
+
+def test_learned_positions_sample_longer_than_max_len_is_refused_before_training(tmp_path):
+    proc = run_cli("launch.train", "--model=transformer", f"--workdir={tmp_path / 'w'}", "--config.model.positional=learned",
+                   "--config.model.max_len=64", "--config.data.seq_len=64", "--config.sample.length=100")
+    assert_one_line_error(proc, "sample.length=100", "model.max_len=64")
