@@ -5,6 +5,11 @@ per format export, reload and compare: SavedModel (jax2tf), ONNX (jax2onnx, onnx
 engines (from the ONNX file, fp32 and fp16). Every artifact is written atomically into ``out``;
 the report is written last, also when a format fails its tolerance (then ParityError is raised
 naming it). A TensorRT request without the package or a GPU is recorded as skipped, not failed.
+
+A model whose own JAX outputs hold NaN/inf on the parity batches is not exported at all: the
+report records the count (``jax``) and each requested format as not exported, and ParityError
+says the model's own outputs are non-finite. Nothing is written into ``workdir`` unless ``out`` is
+there (the default, ``workdir/export``); an ``out`` that cannot be created is an ExportError.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import time
 
 import numpy as np
 
-from deploy import ExportError
+from deploy import ExportError, ParityError
 from deploy.artifacts import write_text
 from deploy.checkpoint import InferenceModel, jit_runner, load_inference_model
-from deploy.parity import check_parity, parity_table, raise_on_failure
+from deploy.parity import check_parity, nonfinite_counts, nonfinite_jax_message, parity_table, raise_on_failure
 
 FORMATS = ("saved_model", "onnx", "tensorrt")
 TRT_PRECISIONS = ("fp32", "fp16")
@@ -68,7 +73,10 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
     started = time.time()
     out = os.path.abspath(out or os.path.join(workdir, "export"))
     model = load_inference_model(workdir, notify=notify)
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the output directory {out} ({e.strerror or e}); pass another --out") from None
     notify(f"{model.model_name} at step {model.step}: input {model.input_name} [batch, {', '.join(map(str, model.input_shape))}] "
            f"{model.input_dtype} -> {', '.join(model.output_names)}; writing to {out}")
     parity_batches = sorted({batches[0], batches[2]})
@@ -79,6 +87,13 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
               "batches": {"min": batches[0], "opt": batches[1], "max": batches[2], "parity": parity_batches},
               "input": {"name": model.input_name, "shape": ["batch", *model.input_shape], "dtype": model.input_dtype},
               "outputs": list(model.output_names), "formats": {}}
+    report["jax"] = _reference_counts(reference, inputs)
+    if report["jax"]["nonfinite"]:  # nothing to certify: don't spend the exports on it
+        message = nonfinite_jax_message(f"{', '.join(formats)} not exported", report["jax"]["nonfinite"], report["jax"]["values"],
+                                        model.step)
+        report["formats"] = {name: {"status": "not exported", "message": message} for name in formats}
+        _write_report(report, out, started)
+        raise ParityError(message)
 
     if "saved_model" in formats:
         from deploy.saved_model import export_saved_model, saved_model_runner
@@ -108,9 +123,7 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
 
         bench_inputs = {b: model.input_batch(b, SEED) for b in parity_batches}
         report["infer"] = {model.model_name: benchmark_backends(runners, bench_inputs)}
-    report["machine"] = {"python": platform.python_version(), "platform": platform.platform()}
-    report["seconds"] = round(time.time() - started, 1)
-    write_text(os.path.join(out, REPORT), json.dumps(report, indent=2, default=_json_default))
+    _write_report(report, out, started)
     report["table"] = parity_table(records)
     report["parity"] = records
     raise_on_failure(records)  # after the report is on disk
@@ -139,6 +152,18 @@ def _tensorrt(model: InferenceModel, onnx_path, out, batches, precisions, refere
         artifacts[name] = {"path": engine_path, "tensorrt": trt.__version__, "profile": list(batches)}
         records.append(check_parity(name, runner, reference, inputs, "float16" if precision == "fp16" else _precision(model)))
     return records
+
+
+def _write_report(report: dict, out: str, started: float) -> None:
+    report["machine"] = {"python": platform.python_version(), "platform": platform.platform()}
+    report["seconds"] = round(time.time() - started, 1)
+    write_text(os.path.join(out, REPORT), json.dumps(report, indent=2, default=_json_default))
+
+
+def _reference_counts(reference, inputs) -> dict:
+    """NaN/inf values in JAX's outputs over every parity batch."""
+    counts = [nonfinite_counts(reference(x)) for x in inputs.values()]
+    return {"nonfinite": sum(c["nonfinite"] for c in counts), "values": sum(c["values"] for c in counts)}
 
 
 def _precision(model: InferenceModel) -> str:

@@ -1,4 +1,8 @@
-"""python -m launch.sample --workdir=DIR --prompt="def " --length=200 [--temperature=0.8] [--top_k=0]"""
+"""python -m launch.sample --workdir=DIR --prompt="def " --length=200 [--temperature=0.8] [--top_k=0]
+
+Reads the workdir only (a read-only mount or another user's run works): the text goes to stdout,
+and nothing is written, created or renamed in DIR.
+"""
 
 from __future__ import annotations
 
