@@ -162,8 +162,8 @@ def _check_finite(state: TrainState) -> None:
     bad = _host_scalar(state.nonfinite_step)
     if bad >= 0:
         raise NonFiniteLossError(
-            f"loss, gradients or updated parameters became non-finite at step {bad + 1} (check train.learning_rate, "
-            "train.weight_decay and the data); stopped without writing a checkpoint of it (earlier checkpoints are intact)"
+            f"loss, gradients or updated parameters became non-finite at step {bad + 1}; stopped without writing a checkpoint "
+            "of it (earlier checkpoints are intact; check train.learning_rate, train.weight_decay and the data)"
         )
 
 
@@ -258,8 +258,8 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
     started = time.time()
 
     # --- checks that must fail before any work
-    probe_checkpoint_dir(os.path.join(workdir, "checkpoints"))
     run = Run(config)
+    probe_checkpoint_dir(os.path.join(workdir, "checkpoints"))
     devices = list(run.mesh.devices.flat)
     memory_budget.check_state_fits(run.abstract_state, devices)
     config = run.config  # with model values read off the data (ModelSpec.from_data)
