@@ -242,7 +242,7 @@ def test_history_without_checkpoints_is_not_overwritten(tmp_path, trained_mlp):
     shutil.rmtree(workdir / "checkpoints")
     metrics = read_file(workdir / "metrics.jsonl")
     proc = mlp_run(workdir)
-    assert_one_line_error(proc, "no checkpoint", "--restart")
+    assert_one_line_error(proc, "metrics.jsonl but no checkpoint", "--restart")
     assert read_file(workdir / "metrics.jsonl") == metrics
     assert not (workdir / "checkpoints").exists() or os.listdir(workdir / "checkpoints") == []
 
@@ -252,6 +252,14 @@ def test_history_without_checkpoints_is_not_overwritten(tmp_path, trained_mlp):
     assert len(kept) == 1 and read_file(workdir / kept[0]) == metrics
     records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert records[-1]["step"] == 4
+
+
+def test_a_run_stopped_before_logging_anything_starts_without_restart(tmp_path, trained_mlp):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    shutil.copy(trained_mlp / "config.json", workdir / "config.json")  # killed while compiling: no metrics, no checkpoint
+    proc = mlp_run(workdir)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("flag", ["--workdir=", "--workdir=  "])
@@ -409,3 +417,20 @@ def test_learned_positions_sample_longer_than_max_len_is_refused_before_training
     proc = run_cli("launch.train", "--model=transformer", f"--workdir={tmp_path / 'w'}", "--config.model.positional=learned",
                    "--config.model.max_len=64", "--config.data.seq_len=64", "--config.sample.length=100")
     assert_one_line_error(proc, "sample.length=100", "model.max_len=64")
+
+
+def test_an_allocation_failure_at_run_time_is_one_line(tmp_path, monkeypatch, capsys):
+    import jax.errors
+
+    import launch.train
+    import train.loop
+
+    def out_of_memory(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 68719476736 bytes.")
+
+    monkeypatch.setattr(train.loop, "train_and_evaluate", out_of_memory)
+    with pytest.raises(SystemExit) as exit_info:
+        launch.train.main(["--model=mlp", f"--workdir={tmp_path / 'w'}", "--config.parallel.distributed=off"])
+    assert exit_info.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "out of memory" in lines[0] and "68719476736 bytes" in lines[0], lines

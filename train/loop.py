@@ -168,17 +168,18 @@ def _check_finite(state: TrainState) -> None:
 
 
 def _guard_history(workdir: str, restart: bool, say) -> None:
-    """A workdir with an earlier run's metrics/config but no checkpoint is never silently started over."""
-    history = [name for name in ("metrics.jsonl", "config.json") if os.path.isfile(os.path.join(workdir, name))]
-    if not history:
+    """A workdir whose metrics.jsonl logged an earlier run but which has no checkpoint is never
+    silently started over. (A config.json alone, from a run stopped before it logged a step, holds
+    no history: it is rewritten.)"""
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    if not (os.path.isfile(metrics) and read_metrics(metrics)):
         return
     if not restart:
         raise WorkdirError(
-            f"{workdir} holds an earlier run ({' and '.join(history)}) but no checkpoint to resume; refusing to start over "
+            f"{workdir} holds an earlier run's metrics.jsonl but no checkpoint to resume; refusing to start over "
             "and overwrite its history: pass --restart to train from step 0 (the old metrics.jsonl is kept aside), or use another --workdir"
         )
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    if os.path.isfile(metrics) and jax.process_index() == 0:
+    if jax.process_index() == 0:
         kept = os.path.join(workdir, time.strftime("metrics.before-restart-%Y%m%d-%H%M%S.jsonl"))
         os.replace(metrics, kept)
         say(f"--restart: training from step 0; the earlier metrics are kept in {kept}")
@@ -259,12 +260,12 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
 
     # --- checks that must fail before any work
     run = Run(config)
-    probe_checkpoint_dir(os.path.join(workdir, "checkpoints"))
     devices = list(run.mesh.devices.flat)
     memory_budget.check_state_fits(run.abstract_state, devices)
     config = run.config  # with model values read off the data (ModelSpec.from_data)
     if config.train.early_stopping_metric:
         _check_stopping_metric(run, config.train.early_stopping_metric)
+    probe_checkpoint_dir(os.path.join(workdir, "checkpoints"))
     t = config.train
 
     # --- state: restore the latest intact checkpoint, else init already sharded
