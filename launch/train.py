@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from launch.cli import OneLineParser, describe_config, fail, quiet_logs, split_config_overrides
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or f"runs/{args.model}"
 
     quiet_logs()
-    from train.checkpoint import CheckpointError, NonFiniteStateError
+    from train.checkpoint import CheckpointError, CheckpointWriteError, NonFiniteStateError
     from train.data import DataError
     from train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
     from train.memory_budget import OutOfMemoryError, is_out_of_memory
@@ -84,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         if "process" in started and not started.startswith("single"):
             print(f"jax.distributed: {started}", flush=True)
         train_and_evaluate(config, workdir, progress=not args.no_progress, restart=args.restart)
+    except CheckpointWriteError as e:
+        # After a failed write orbax can leave non-daemon threads that block interpreter exit; all that
+        # was saved is already on disk and the kernel drops the workdir lock, so leave at once.
+        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(2)
     except (ConfigError, DataError, WorkdirError, MeshError, CheckpointError, OutOfMemoryError) as e:
         fail(str(e))
     except (NonFiniteLossError, NonFiniteStateError) as e:

@@ -434,3 +434,24 @@ def test_an_allocation_failure_at_run_time_is_one_line(tmp_path, monkeypatch, ca
     assert exit_info.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "out of memory" in lines[0] and "68719476736 bytes" in lines[0], lines
+
+
+_READ_ONLY_MOUNT = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+
+
+def test_a_read_only_checkpoints_dir_fails_before_training_and_keeps_its_steps(tmp_path, trained_mlp):
+    # Root ignores permission bits, not a read-only mount: checkpoints/ is bind-mounted read-only
+    # in a private mount namespace that ends with the process.
+    workdir = copy_run(trained_mlp, tmp_path)
+    checkpoints = str(workdir / "checkpoints")
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _READ_ONLY_MOUNT, "sh", checkpoints,
+                            "sh", "-c", f"touch {checkpoints}/x"], capture_output=True, text=True)
+    if "Read-only" not in probe.stderr:
+        pytest.skip(f"cannot bind-mount a directory read-only here (unshare --mount: {probe.stderr.strip()[:120]})")
+    before = tree_state(workdir / "checkpoints")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _READ_ONLY_MOUNT, "sh", checkpoints,
+                           sys.executable, "-m", "launch.train", f"--workdir={workdir}", *MLP, "--config.train.steps=8"],
+                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "cannot write checkpoints", "Read-only file system")
+    assert tree_state(workdir / "checkpoints") == before
+    assert not any(r["step"] > 4 for r in map(json.loads, open(workdir / "metrics.jsonl")))

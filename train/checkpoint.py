@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -245,8 +246,13 @@ def probe_checkpoint_dir(directory: str) -> None:
             f"checkpoint path {os.fsencode(directory)!r} is not valid UTF-8, which orbax/tensorstore cannot write; use another --workdir"
         ) from None
     probe = os.path.join(directory, f".save-probe-{os.getpid()}-{jax.process_index()}")
-    try:
+    try:  # plain file I/O first: orbax's own failure paths can leave threads behind that block exit
         os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise CheckpointWriteError(f"cannot write checkpoints in {directory} ({e.strerror or e}); fix it or use another --workdir") from None
+    try:
         with _quiet_absl(), ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.join(probe, "item"), {"probe": np.zeros(2, np.float32)})
             checkpointer.wait_until_finished()
