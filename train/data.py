@@ -216,11 +216,27 @@ def _lm_dataset(config, shard: int, num_shards: int) -> Dataset:
     )
 
 
+def check_class_labels(config, images) -> None:
+    """Refuses labels a classifier cannot learn (DataError naming the file, the labels and the valid
+    range): negative ones always, and those >= model.num_classes unless data.classes relabels them."""
+    from train.image_data import check_labels, out_of_range_labels
+
+    labels = np.concatenate([images.y_train, images.y_test])
+    limit = config.model.num_classes if "num_classes" in config.model and not config.data.get("classes", "") else None
+    why = " (labels are class indices)"
+    if limit is not None and out_of_range_labels(labels, limit).max(initial=-1) >= limit:
+        why = (f": the data has {images.num_classes} classes but model.num_classes={limit}; set "
+               f"--config.model.num_classes={images.num_classes} or fix the labels")
+    check_labels(labels, limit, config.data.path or images.source, why)
+
+
 def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
     from train.image_data import first_train_images, hold_out_validation, load_images, select_classes
 
     t, d = config.train, config.data
-    images = select_classes(load_images(d.path, d.image_size, d.val_fraction), d.get("classes", ""))
+    images = load_images(d.path, d.image_size, d.val_fraction)
+    check_class_labels(config, images)
+    images = select_classes(images, d.get("classes", ""))
     images, validation = hold_out_validation(images, d.get("validation_examples", 0))
     images = first_train_images(images, d.get("train_examples", 0), held_out=d.get("validation_examples", 0))
     test = {"inputs": images.x_test, "labels": images.y_test}

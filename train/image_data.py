@@ -19,6 +19,7 @@ from train.data import ArrayIterator, DataError
 
 _SPLIT_SEED = 20_240_601
 CIFAR_RECORD = 1 + 32 * 32 * 3
+CIFAR_CLASSES = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,28 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
 
     shape = (x.shape[0], size, size, x.shape[3])
     return np.asarray(jax.image.resize(jnp.asarray(x), shape, method="linear"), np.float32)
+
+
+def out_of_range_labels(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """The distinct labels outside [0, ``num_classes``) (``None``: only the negative ones), sorted."""
+    labels = np.asarray(labels)
+    bad = labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes)
+    return np.unique(labels[bad])
+
+
+def describe_labels(values: np.ndarray, limit: int = 8) -> str:
+    """``"-1, 10, 12"``, or the first ``limit`` and how many more."""
+    shown = ", ".join(str(int(v)) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def check_labels(labels: np.ndarray, num_classes: int | None, name: str, why: str = "") -> None:
+    """DataError naming ``name``, the labels outside [0, ``num_classes``) and the range (``None``:
+    only negative labels are refused, any class count is valid); ``why`` ends the message."""
+    bad = out_of_range_labels(labels, num_classes)
+    if bad.size:
+        valid = f"[0, {num_classes})" if num_classes is not None else "[0, num_classes)"
+        raise DataError(f"{name!r} has label(s) {describe_labels(bad)} outside the valid range {valid}{why}")
 
 
 def digits() -> tuple[np.ndarray, np.ndarray, str]:
@@ -87,8 +110,7 @@ def cifar10_binary(path: str) -> tuple[np.ndarray, np.ndarray, str]:
         if raw.size == 0 or raw.size % CIFAR_RECORD:
             raise DataError(f"{name!r} is not a CIFAR-10 binary batch (size {raw.size} is not a multiple of {CIFAR_RECORD})")
         records = raw.reshape(-1, CIFAR_RECORD)
-        if records[:, 0].max() > 9:
-            raise DataError(f"{name!r} is not a CIFAR-10 binary batch (label byte above 9)")
+        check_labels(records[:, 0], CIFAR_CLASSES, name, " of CIFAR-10's 10 classes (is it a CIFAR-10 binary batch?)")
         ys.append(records[:, 0].astype(np.int32))
         xs.append(records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0)
     return np.concatenate(xs), np.concatenate(ys), f"CIFAR-10 binary batches at {path}"
@@ -126,8 +148,9 @@ def cifar10_python(path: str) -> tuple[np.ndarray, np.ndarray, str]:
             data, labels = np.asarray(batch[b"data"], np.uint8), np.asarray(batch[b"labels"], np.int64)
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as e:
             raise DataError(f"{name!r} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data) or (len(labels) and labels.max() > 9):
-            raise DataError(f"{name!r} is not a CIFAR-10 python batch (data {data.shape}, {len(labels)} labels)")
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or len(labels) != len(data):
+            raise DataError(f"{name!r} is not a CIFAR-10 python batch (data {data.shape}, labels {labels.shape})")
+        check_labels(labels, CIFAR_CLASSES, name, " of CIFAR-10's 10 classes")
         xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0)
         ys.append(labels.astype(np.int32))
     return np.concatenate(xs), np.concatenate(ys), f"CIFAR-10 python batches at {path}"
