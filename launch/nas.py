@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         p = config.parallel
         started = initialize_distributed(p.distributed, coordinator=args.coordinator, num_processes=args.num_processes,
-                                         process_id=args.process_id, heartbeat_timeout_s=p.heartbeat_timeout_s)
+                                         process_id=args.process_id, heartbeat_timeout_s=p.heartbeat_timeout_s,
+                                         initialization_timeout_s=p.initialization_timeout_s)
         if not started.startswith("single"):
             print(f"jax.distributed: {started}", flush=True)
         workdir = check_workdir(workdir)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
+import threading
 
 import flax.linen as nn
 import jax
@@ -330,7 +332,11 @@ def initialize_distributed(mode: str, *, coordinator: str = "", num_processes: i
         if source == "JAX_COORDINATOR_ADDRESS":
             kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"], num_processes=_env_int("JAX_NUM_PROCESSES"),
                           process_id=_env_int("JAX_PROCESS_ID"))
-        jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat_timeout_s, initialization_timeout=initialization_timeout_s)
+            port = kwargs["coordinator_address"].rpartition(":")[2]
+            if kwargs["process_id"] == 0 and port.isdigit():
+                _check_coordinator_port(port, f"process 0, coordinator {kwargs['coordinator_address']}")
+        _initialize_within(initialization_timeout_s, f"set up by {source}", "not every process joined",
+                           heartbeat_timeout_seconds=heartbeat_timeout_s, **kwargs)
         return f"{jax.process_count()} processes ({source}), this is process {jax.process_index()}"
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
@@ -342,6 +348,105 @@ def initialize_distributed(mode: str, *, coordinator: str = "", num_processes: i
         raise MeshError("parallel.distributed=explicit needs --num_processes=N >= 1 (or JAX_NUM_PROCESSES)")
     if process_id is None or not 0 <= process_id < num_processes:
         raise MeshError(f"parallel.distributed=explicit needs --process_id in 0..{num_processes - 1} (or JAX_PROCESS_ID); got {process_id}")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
-                               heartbeat_timeout_seconds=heartbeat_timeout_s, initialization_timeout=initialization_timeout_s)
+    who = f"process {process_id} of {num_processes}, coordinator {coordinator}"
+    if process_id == 0:
+        _check_coordinator_port(port, who)
+    waiting = ("process 0 hosts the coordinator and not every process joined" if process_id == 0 else
+               "the coordinator was not reachable (is process 0 running there?) or not every process joined")
+    _initialize_within(initialization_timeout_s, who, waiting, coordinator_address=coordinator, num_processes=num_processes,
+                       process_id=process_id, heartbeat_timeout_seconds=heartbeat_timeout_s)
     return f"process {process_id} of {num_processes}, coordinator {coordinator}"
+
+
+# jax.distributed.initialize is given this much longer than parallel.initialization_timeout_s, so
+# the watchdog below, not XLA, ends a start-up that times out (XLA aborts from C++ a few seconds
+# after its own deadline, with a fatal log and a stack trace instead of a message).
+_XLA_DEADLINE_MARGIN_S = 30
+
+
+def startup_timeout_message(timeout_s: int, who: str, waiting: str) -> str:
+    return (f"jax.distributed did not start within parallel.initialization_timeout_s={timeout_s} s ({who}: {waiting}); start "
+            f"every process with the same --coordinator and --num_processes, or raise --config.parallel.initialization_timeout_s")
+
+
+@contextlib.contextmanager
+def _stderr_held_back():
+    """Yields the real stderr's file descriptor while fd 2 goes to a temporary file, whose text
+    (C++ log lines) is replayed on stderr when the block succeeds and dropped when it raises."""
+    import tempfile
+
+    sys.stderr.flush()
+    real = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield real
+        except BaseException:
+            os.dup2(real, 2)
+            raise
+        else:
+            sys.stderr.flush()
+            os.dup2(real, 2)
+            held.seek(0)
+            text = held.read()
+            if text:
+                os.write(2, text)
+        finally:
+            os.close(real)
+
+
+def _check_coordinator_port(port: str, who: str) -> None:
+    """MeshError when process 0 cannot listen on the coordinator's ``port`` (all interfaces, as
+    jax.distributed binds it unless JAX_COORDINATOR_BIND_ADDRESS says otherwise). jaxlib 0.10 logs
+    ``Failed to add port to server`` and then usually crashes (SIGSEGV) on a port in use, so it is
+    tried here first; the probe socket is closed at once (it never listens, so nothing lingers)."""
+    import errno
+    import socket
+
+    if os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"):
+        return
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        address = ("::", int(port))
+    except OSError:  # no IPv6 on this host
+        probe, address = socket.socket(socket.AF_INET, socket.SOCK_STREAM), ("0.0.0.0", int(port))
+    with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            why = "is already in use on this host" if e.errno == errno.EADDRINUSE else f"cannot be bound here ({e.strerror})"
+            raise MeshError(f"jax.distributed could not start ({who}): the coordinator's port {port} {why}; "
+                            f"give --coordinator a free port on process 0's host") from None
+
+
+def _initialize_within(timeout_s: int, who: str, waiting: str, **kwargs) -> None:
+    """``jax.distributed.initialize(**kwargs)``, ended after ``timeout_s`` seconds with one stderr
+    line and exit status 2 when a peer or the coordinator never shows up.
+
+    jaxlib 0.10 does not raise on that timeout: its coordination client aborts the process from C++
+    (``client.h: Terminating process because the JAX distributed service detected fatal errors ...
+    DEADLINE_EXCEEDED`` and a stack trace, status 134), a few seconds after the deadline it is
+    given. The blocking connect releases the GIL, so a watchdog thread reports the timeout and
+    leaves first (``os._exit``: nothing can unblock the connect). Other start-up failures (e.g. the
+    coordinator's port already in use) raise MeshError; C++ log lines are held back meanwhile.
+    """
+    done = threading.Event()
+
+    with _stderr_held_back() as real_stderr:
+        def watchdog():
+            if done.wait(timeout_s):
+                return
+            sys.stdout.flush()
+            os.write(real_stderr, f"error: {startup_timeout_message(timeout_s, who, waiting)}\n".encode())
+            os._exit(2)
+
+        threading.Thread(target=watchdog, name="jax.distributed start-up watchdog", daemon=True).start()
+        try:
+            jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s + _XLA_DEADLINE_MARGIN_S)
+        except Exception as e:  # a RuntimeError / XlaRuntimeError from the coordination service
+            reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise MeshError(f"jax.distributed could not start ({who}): {reason}") from None
+        finally:
+            done.set()

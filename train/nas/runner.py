@@ -61,6 +61,7 @@ def nas_config() -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict()  # multi-host: as launch.train (train.parallel.initialize_distributed)
     c.parallel.distributed = "auto"  # auto | off | explicit (--coordinator, --num_processes, --process_id)
     c.parallel.heartbeat_timeout_s = 30
+    c.parallel.initialization_timeout_s = 120  # multi-host start-up: give up this long after a peer fails to join
     dense, hparams = DenseSpace(), HyperparameterSpace()
     c.dense = ml_collections.ConfigDict()  # search.space=dense: MLPs on flattened digits (scorer.batch_size, learning_rate)
     c.dense.max_depth = dense.max_depth
@@ -104,6 +105,9 @@ def validate_nas_config(config) -> None:
         search_config(config)
     except ValueError as e:
         raise SearchError(str(e)) from None
+    for name in ("heartbeat_timeout_s", "initialization_timeout_s"):
+        if config.parallel[name] < 1:
+            raise SearchError(f"parallel.{name} must be >= 1 (got {config.parallel[name]})")
     s = config.scorer
     if s.kind not in SCORERS:
         raise SearchError(f"scorer.kind must be one of {', '.join(SCORERS)} (got {s.kind!r})")
