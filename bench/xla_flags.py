@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 
-_DEVICE_COUNT = re.compile(r"--xla_force_host_platform_device_count=(\d+)")
+from train.xla_flags import fake_device_count as host_device_count
+from train.xla_flags import relax_fake_device_collectives
 
-
-def host_device_count(flags: str) -> int | None:
-    """The fake CPU device count ``flags`` sets, or None when it sets none (the last one wins)."""
-    found = _DEVICE_COUNT.findall(flags or "")
-    return int(found[-1]) if found else None
+__all__ = ["host_device_count", "with_host_device_count", "ensure_host_devices"]
 
 
 def with_host_device_count(flags: str, count: int) -> str:
@@ -23,9 +19,10 @@ def with_host_device_count(flags: str, count: int) -> str:
 
 
 def ensure_host_devices(count: int, environ=os.environ) -> str:
-    """Sets XLA_FLAGS in ``environ`` so the CPU backend has ``count`` devices; returns the flags.
+    """Sets XLA_FLAGS in ``environ`` so the CPU backend has ``count`` devices (with the fake-device
+    collective timeouts of train/xla_flags.py); returns the flags.
 
     Has no effect once jax has initialised its backends: call it before ``import jax``.
     """
     environ["XLA_FLAGS"] = with_host_device_count(environ.get("XLA_FLAGS", ""), count)
-    return environ["XLA_FLAGS"]
+    return relax_fake_device_collectives(environ)

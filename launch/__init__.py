@@ -7,3 +7,7 @@ try:
 except ValueError as err:  # an invalid ARCHLAB_HOST_MEMORY
     sys.stderr.write(f"error: {err}\n")
     sys.exit(2)
+
+from train.xla_flags import relax_fake_device_collectives  # noqa: E402
+
+relax_fake_device_collectives()  # fake CPU devices: no C++ abort when a loaded machine delays a collective (train/xla_flags.py)

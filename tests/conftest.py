@@ -7,6 +7,10 @@ import sys
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from train.xla_flags import relax_fake_device_collectives  # noqa: E402  (imports no jax)
+
+relax_fake_device_collectives()  # 8 fake devices on 2 loaded cores: no rendezvous abort after 40 s (JAX issue 31818)
+
 import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
