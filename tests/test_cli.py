@@ -96,7 +96,7 @@ def test_non_finite_loss_stops_naming_the_step_without_a_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     proc = train(workdir, model__dtype="float16", train__learning_rate="1e4", train__grad_clip="0",
                  train__warmup_steps="0", train__log_every="1", checkpoint__every="1", train__steps="30")
-    assert_one_line_error(proc, "became non-finite at step", code=1)
+    assert_one_line_error(proc, "loss became non-finite at step", code=1)
     bad_step = int(proc.stderr.split("non-finite at step ")[1].split(";")[0])
     saved = sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit())
     assert all(s < bad_step for s in saved)

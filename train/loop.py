@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from train import parallel
-from train.checkpoint import Checkpointer, NonFiniteStateError, probe_checkpoint_dir
+from train.checkpoint import Checkpointer, first_nonfinite_leaf, probe_checkpoint_dir
 from train.metrics import MetricWriter, plot_loss_curves, read_metrics
 from train.run import Run, accumulate_metrics
 from train.state import TrainState, param_count
@@ -158,12 +158,19 @@ def _host_scalar(x) -> int:
     return int(np.asarray(x.addressable_data(0)).reshape(-1)[0])
 
 
-def _check_finite(state: TrainState) -> None:
+def _check_finite(state: TrainState, step: int) -> None:
+    """At log and checkpoint points: the state itself (a NaN learning rate or weight decay makes NaN
+    params from a finite loss and gradient), then the steps' own flag (loss, gradient)."""
+    leaf = first_nonfinite_leaf({"params": state.params, "opt_state": state.opt_state, "model_state": state.model_state})
+    if leaf is not None:
+        raise NonFiniteLossError(
+            f"{leaf} became non-finite by step {step}; stopped without writing a checkpoint of it "
+            "(earlier checkpoints are intact; check train.learning_rate, train.weight_decay and the data)"
+        )
     bad = _host_scalar(state.nonfinite_step)
     if bad >= 0:
         raise NonFiniteLossError(
-            f"loss, gradients or updated parameters became non-finite at step {bad + 1}; stopped without writing a checkpoint "
-            "of it (earlier checkpoints are intact; check train.learning_rate, train.weight_decay and the data)"
+            f"loss became non-finite at step {bad + 1}; stopped without writing a checkpoint of it (earlier checkpoints are intact)"
         )
 
 
@@ -327,7 +334,7 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
             stop.check(step)
 
             if step % t.log_every == 0 or step == t.steps:
-                _check_finite(run.to_global(state))
+                _check_finite(run.to_global(state), step)
                 count = step - window_start
                 host = {k: v / count for k, v in run.host_metrics(totals).items()}
                 host["steps_per_s"] = count / max(time.time() - window_time, 1e-9)
@@ -347,11 +354,11 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
                     elif stopping.stopped:
                         end_step = step  # this step's checkpoint is saved below, then the loop ends
             if step % config.checkpoint.every == 0 or step == end_step:
-                _check_finite(run.to_global(state))
+                _check_finite(run.to_global(state), step)
                 checkpointer.save(step, run.to_global(state), data_state())
                 last_saved = step
         if stop and step != last_saved:
-            _check_finite(run.to_global(state))
+            _check_finite(run.to_global(state), step)
             checkpointer.save(step, run.to_global(state), data_state())
             last_saved = step
     except BaseException:

@@ -2,7 +2,7 @@
 
 TrainState holds everything a resumed run needs besides the data position: params, optimizer
 state, non-trainable model collections (e.g. BatchNorm statistics), the step, the run's base rng
-and ``nonfinite_step`` (-1, or the first step whose loss, gradient or updated state was not finite).
+and ``nonfinite_step`` (-1, or the first step whose loss or gradient was not finite).
 """
 
 from __future__ import annotations

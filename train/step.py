@@ -2,10 +2,11 @@
 
 ``make_train_step`` closes over the module, task and optimizer (keyword-only, so it is testable
 on its own). A step whose loss or gradient norm is not finite leaves params and optimizer state
-unchanged and records its number in ``state.nonfinite_step``; so does a step whose *updated* params,
-optimizer state or model state would hold NaN/inf (a NaN learning rate or weight decay passes a
-finite loss and gradient). The loop reads that flag only at logging/checkpoint time (no per-step
-host sync), stops, and never writes a NaN checkpoint.
+unchanged and records its number in ``state.nonfinite_step``; the loop reads that flag only at
+logging/checkpoint time (no per-step host sync), and there also checks the state itself (a NaN
+learning rate or weight decay makes NaN params from a finite loss and gradient), stops, and never
+writes a NaN checkpoint. Checking the new state inside the step would cost a pass over it every
+step (measured: ~4 % of the main job's wall time); at log points it costs one pass per log_every.
 """
 
 from __future__ import annotations
@@ -27,12 +28,6 @@ def _split_micro_batches(batch, num_micro: int):
         return x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:]).swapaxes(0, 1)
 
     return jax.tree.map(split, batch)
-
-
-def _all_finite(tree) -> jax.Array:
-    """One boolean: every floating-point leaf of ``tree`` is free of NaN/inf."""
-    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
 
 
 def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
@@ -90,7 +85,7 @@ def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, gra
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)
         # Under loss scaling an overflowed gradient is expected: the scaler skips the update and halves the scale.
-        finite = jnp.isfinite(loss) & (jnp.isfinite(grad_norm) | (scale is not None)) & _all_finite((params, opt_state, model_state))
+        finite = jnp.isfinite(loss) & (jnp.isfinite(grad_norm) | (scale is not None))
 
         def keep_if_finite(new, old):
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
