@@ -17,10 +17,12 @@ earlier steps untouched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 
 import jax
@@ -237,8 +239,6 @@ class _OrbaxErrorLogFilter(logging.Filter):
 def probe_checkpoint_dir(directory: str) -> None:
     """Proves orbax can write under ``directory`` (a tiny save, then removed), so a path it cannot
     save to (not UTF-8, unwritable, wrong file system) fails before training, not at the first save."""
-    import shutil
-
     try:
         os.fsencode(directory).decode("utf-8")
     except UnicodeDecodeError:
@@ -258,7 +258,10 @@ def probe_checkpoint_dir(directory: str) -> None:
             checkpointer.wait_until_finished()
     except Exception as e:
         cause = _os_error_in(e)
-        reason = (os.strerror(cause.errno) if cause is not None and cause.errno else str(e).strip().splitlines()[0][:200]) if str(e) or cause else type(e).__name__
+        if cause is not None:
+            reason = os.strerror(cause.errno)
+        else:
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointWriteError(f"cannot write checkpoints in {directory} ({reason}); fix it or use another --workdir") from None
     finally:
         shutil.rmtree(probe, ignore_errors=True)
@@ -285,8 +288,6 @@ def _os_error_in(error: BaseException) -> OSError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     text = str(error)
-    import errno
-
     for code in (errno.ENOSPC, errno.EFBIG, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM):
         if os.strerror(code) in text or errno.errorcode[code] in text:
             return OSError(code, os.strerror(code))
