@@ -345,7 +345,7 @@ def verify_checksums(step_dir: str) -> str | None:
 
 @jax.jit
 def _finite_flags(leaves):
-    return [jnp.all(jnp.isfinite(x)) for x in leaves]
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
 def first_nonfinite_leaf(tree) -> str | None:
@@ -354,9 +354,10 @@ def first_nonfinite_leaf(tree) -> str | None:
              if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)]
     if not named:
         return None
-    flags = _finite_flags([leaf for _, leaf in named])
+    flags = _finite_flags([leaf for _, leaf in named])  # one array, one host transfer
+    flags = np.asarray(flags.addressable_data(0))
     for (path, _), ok in zip(named, flags):
-        if not bool(np.asarray(ok.addressable_data(0) if hasattr(ok, "addressable_data") else ok)):
+        if not ok:
             return param_path_name(path)
     return None
 

@@ -333,7 +333,8 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
             bar.update(1)
             stop.check(step)
 
-            if step % t.log_every == 0 or step == t.steps:
+            log_step = step % t.log_every == 0 or step == t.steps
+            if log_step:
                 _check_finite(run.to_global(state), step)
                 count = step - window_start
                 host = {k: v / count for k, v in run.host_metrics(totals).items()}
@@ -354,7 +355,8 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
                     elif stopping.stopped:
                         end_step = step  # this step's checkpoint is saved below, then the loop ends
             if step % config.checkpoint.every == 0 or step == end_step:
-                _check_finite(run.to_global(state), step)
+                if not log_step:  # a log step was checked above
+                    _check_finite(run.to_global(state), step)
                 checkpointer.save(step, run.to_global(state), data_state())
                 last_saved = step
         if stop and step != last_saved:
