@@ -1,6 +1,7 @@
 """The model registry: ``--model=NAME`` -> :class:`ModelSpec`.
 
-A model family is one file in ``arch/`` plus one line in ``MODELS`` below.
+A model family is one file in ``arch/``, its config file in ``configs/`` (every default lives
+there) and one line in ``MODELS`` below.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class ModelSpec:
     """What the trainer needs to know about a model family.
 
     make_module: builds the flax module from the ``model`` config section (plus ``decode``).
-    model_defaults: the default ``model`` config section.
+    config: its default config, ``configs/<file>.py[:arg]`` written ``"<file>.py[:arg]"``; the
+        config files are the one source of defaults (``--model=NAME`` loads this one).
     task: which loss/metrics/data pipeline in ``train/tasks.py`` trains it.
     example_input: a batch-of-one input for init, shape checks and export.
     param_groups: top-level param names that each get their own optimizer (a GAN's two players).
@@ -37,11 +39,17 @@ class ModelSpec:
 
     name: str
     make_module: Callable[..., nn.Module]
-    model_defaults: Callable[[], dict[str, Any]]
+    config: str
     task: str
     example_input: Callable[[Any], np.ndarray]
     param_groups: tuple[str, ...] = ()
     from_data: Callable[[Any, Any], dict[str, Any]] | None = None  # (model_config, dataset) -> updates
+
+    def model_defaults(self) -> dict[str, Any]:
+        """The default ``model`` config section, read from its config file."""
+        from configs import from_ref
+
+        return from_ref(self.config).model.to_dict()
 
 
 def _transformer_module(model_config, decode: bool = False) -> nn.Module:
@@ -66,24 +74,6 @@ def _transformer_module(model_config, decode: bool = False) -> nn.Module:
     )
 
 
-def _transformer_defaults() -> dict[str, Any]:
-    return dict(
-        vocab_size=256,
-        num_layers=4,
-        d_model=128,
-        num_heads=4,
-        mlp_dim=512,
-        max_len=128,
-        dropout_rate=0.0,
-        positional="rotary",
-        tie_embeddings=True,
-        scan_layers=False,
-        remat=False,
-        dtype="float32",
-        param_dtype="float32",
-    )
-
-
 def _mlp_module(model_config, decode: bool = False) -> nn.Module:
     from arch.mlp import MLP
 
@@ -100,9 +90,6 @@ def _cnn_module(model_config, decode: bool = False) -> nn.Module:
                dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
 
 
-_PRECISION = dict(dtype="float32", param_dtype="float32")
-
-
 def _resnet_module(depth: int):
     def make(model_config, decode: bool = False) -> nn.Module:
         from arch.resnet import ResNet
@@ -112,10 +99,6 @@ def _resnet_module(depth: int):
                       dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
 
     return make
-
-
-def _resnet_defaults() -> dict[str, Any]:
-    return dict(num_classes=10, width=16, stem="cifar", bn_momentum=0.9, quant="none", **_PRECISION)
 
 
 def _recurrent_module(kind: str):
@@ -141,23 +124,12 @@ def _recurrent_classifier_module(kind: str):
     return make
 
 
-def _recurrent_defaults() -> dict[str, Any]:
-    # max_len only bounds the prompt the sampler feeds; the recurrent state has no context limit.
-    return dict(vocab_size=256, embed_dim=64, hidden=512, num_layers=1, dropout_rate=0.0, max_len=128, **_PRECISION)
-
-
 def _gan_module(model_config, decode: bool = False) -> nn.Module:
     from arch.gan import GAN
 
     c = model_config
     return GAN(sample_shape=tuple(c.sample_shape), latent_dim=c.latent_dim, style_dim=c.style_dim, mapping_layers=c.mapping_layers,
                width=c.width, synthesis_layers=c.synthesis_layers, disc_width=c.disc_width, disc_layers=c.disc_layers, r1_gamma=c.r1_gamma)
-
-
-def _gan_defaults() -> dict[str, Any]:
-    # sample_shape () is filled from the data (points (2,) or images (H, W, 1)) by ModelSpec.from_data.
-    return dict(sample_shape=(), latent_dim=32, style_dim=64, mapping_layers=3, width=64, synthesis_layers=2,
-                disc_width=64, disc_layers=3, r1_gamma=0.1)
 
 
 def _nerf_module(model_config, decode: bool = False) -> nn.Module:
@@ -167,13 +139,6 @@ def _nerf_module(model_config, decode: bool = False) -> nn.Module:
     return NeRF(num_layers=c.num_layers, width=c.width, pos_frequencies=c.pos_frequencies, dir_frequencies=c.dir_frequencies,
                 num_coarse=c.num_coarse, num_fine=c.num_fine, near=c.near, far=c.far, background=c.background,
                 dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
-
-
-def _nerf_defaults() -> dict[str, Any]:
-    # near/far bound the samples along each ray and background is the grey level composited behind
-    # them: both match the procedural scene (cameras at radius 4, white background; train/scene.py).
-    return dict(num_layers=4, width=64, pos_frequencies=8, dir_frequencies=2, num_coarse=24, num_fine=32,
-                near=2.5, far=5.5, background=1.0, **_PRECISION)
 
 
 def _nerf_input(config) -> np.ndarray:
@@ -187,12 +152,6 @@ def _inception_module(model_config, decode: bool = False) -> nn.Module:
     return InceptionNet(num_classes=c.num_classes, stem_features=c.stem_features, stages=tuple(c.stages), branch_widths=tuple(c.branch_widths),
                         factorize_5x5=c.factorize_5x5, residual=c.residual, batch_norm=c.batch_norm, bn_momentum=c.bn_momentum,
                         dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
-
-
-def _inception_defaults() -> dict[str, Any]:
-    # branch_widths: 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj at stage 1 (doubled per stage).
-    return dict(num_classes=10, stem_features=16, stages=(1, 1), branch_widths=(8, 8, 16, 4, 8, 8), factorize_5x5=True,
-                residual=True, batch_norm=True, bn_momentum=0.9, dropout_rate=0.2, **_PRECISION)
 
 
 def _dehaze_module(model_config, decode: bool = False) -> nn.Module:
@@ -217,53 +176,32 @@ def _image_input(config) -> np.ndarray:
 
 MODELS: dict[str, ModelSpec] = {
     "transformer": ModelSpec(
-        "transformer",
-        _transformer_module,
-        _transformer_defaults,
-        "lm",
-        lambda config: np.zeros((1, config.model.max_len), np.int32),
+        "transformer", _transformer_module, "transformer.py", "lm", lambda config: np.zeros((1, config.model.max_len), np.int32),
     ),
-    "mlp": ModelSpec(
-        "mlp", _mlp_module,
-        lambda: dict(hidden=(256, 256), num_classes=10, activation="relu", dropout_rate=0.1, quant="none", **_PRECISION),
-        "classification", _image_input,
-    ),
-    "cnn": ModelSpec(
-        "cnn", _cnn_module,
-        lambda: dict(channels=(32, 64), dense=128, num_classes=10, activation="relu", dropout_rate=0.1, quant="none", **_PRECISION),
-        "classification", _image_input,
-    ),
+    "mlp": ModelSpec("mlp", _mlp_module, "mlp.py", "classification", _image_input),
+    "cnn": ModelSpec("cnn", _cnn_module, "cnn.py", "classification", _image_input),
     **{
-        kind: ModelSpec(kind, _recurrent_module(kind), _recurrent_defaults, "lm", lambda config: np.zeros((1, config.data.seq_len), np.int32))
+        kind: ModelSpec(kind, _recurrent_module(kind), f"rnn.py:{kind}", "lm", lambda config: np.zeros((1, config.data.seq_len), np.int32))
         for kind in ("lstm", "gru", "rnn")
     },
     "gan": ModelSpec(
-        "gan", _gan_module, _gan_defaults, "gan", lambda config: np.zeros((1, 2), np.float32),
+        "gan", _gan_module, "gan.py", "gan", lambda config: np.zeros((1, 2), np.float32),
         param_groups=("generator", "discriminator"),
         from_data=lambda model_config, data: {"sample_shape": tuple(int(n) for n in data.example_input.shape[1:])},
     ),
-    "nerf": ModelSpec("nerf", _nerf_module, _nerf_defaults, "nerf", _nerf_input),
-    "inception": ModelSpec("inception", _inception_module, _inception_defaults, "classification", _image_input),
-    "nas_cell": ModelSpec(  # one NAS-Bench-201 cell (e.g. found by launch.nas) trained fully; default: a strong 3x3-conv cell
-        "nas_cell", _nas_cell_module,
-        lambda: dict(genotype="|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|",
-                     channels=16, num_classes=10),
-        "classification", _image_input,
-    ),
-    "dehaze": ModelSpec(
-        "dehaze", _dehaze_module, lambda: dict(width=32, dilations=(1, 2, 4), airlight_hidden=32, t_min=0.05, **_PRECISION),
-        "restoration", _image_input,
-    ),
+    "nerf": ModelSpec("nerf", _nerf_module, "nerf.py", "nerf", _nerf_input),
+    "inception": ModelSpec("inception", _inception_module, "inception.py", "classification", _image_input),
+    "nas_cell": ModelSpec("nas_cell", _nas_cell_module, "nas_cell.py", "classification", _image_input),
+    "dehaze": ModelSpec("dehaze", _dehaze_module, "dehaze.py", "restoration", _image_input),
     **{
         f"{kind}_classifier": ModelSpec(
-            f"{kind}_classifier", _recurrent_classifier_module(kind),
-            lambda: dict(num_classes=8, vocab_size=256, embed_dim=64, hidden=256, num_layers=1, dropout_rate=0.1, **_PRECISION),
+            f"{kind}_classifier", _recurrent_classifier_module(kind), f"rnn.py:{kind}_classifier",
             "classification", lambda config: np.zeros((1, config.data.seq_len), np.int32),
         )
         for kind in ("lstm", "gru", "rnn")
     },
     **{
-        f"resnet{depth}": ModelSpec(f"resnet{depth}", _resnet_module(depth), _resnet_defaults, "classification", _image_input)
+        f"resnet{depth}": ModelSpec(f"resnet{depth}", _resnet_module(depth), f"resnet.py:r{depth}", "classification", _image_input)
         for depth in (18, 34, 50)
     },
 }

@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: ``--config.SECTION.FIELD=VALUE`` overrides and one-line errors."""
+"""Shared CLI plumbing: ``--config=FILE[:arg]``, ``--config.SECTION.FIELD=VALUE`` overrides and one-line errors."""
 
 from __future__ import annotations
 
@@ -34,6 +34,36 @@ def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             rest.append(arg)
         i += 1
     return rest, overrides
+
+
+CONFIG_FILE_HELP = ("a config file, configs/NAME.py[:arg]: its get_config(arg) is the run's config (then --model is optional); "
+                    "--config.SECTION.FIELD=VALUE overrides apply on top")
+
+
+def base_config_from_flags(model: str | None, config_file: str | None):
+    """The config ``--config=FILE[:arg]`` loads (refused when ``--model`` names another model), else
+    ``--model``'s default; bad input is one line and exit 2."""
+    from arch import UnknownModelError
+    from train.config import ConfigError, get_config, load_config_file
+
+    try:
+        config = load_config_file(config_file) if config_file is not None else get_config(model)
+    except (UnknownModelError, ConfigError) as e:
+        fail(str(e))
+    if config_file is not None and model and model != config.model_name:
+        fail(f"--model={model} but --config={config_file} is a {config.model_name!r} config; drop --model, or give a config file for {model}")
+    return config
+
+
+def default_workdir(model: str, config_file: str | None) -> str:
+    """runs/<model>, or runs/<file stem>[_<arg>] for a config file (so two presets never share one)."""
+    if config_file is None:
+        return f"runs/{model}"
+    from train.config import split_path_and_arg
+
+    path, arg = split_path_and_arg(config_file)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"runs/{stem}_{arg}" if arg else f"runs/{stem}"
 
 
 def fail(message: str, code: int = 2) -> None:

@@ -1,4 +1,4 @@
-"""python -m launch.train --model=NAME [--workdir=DIR] [--config.SECTION.FIELD=VALUE ...]"""
+"""python -m launch.train --model=NAME | --config=configs/NAME.py[:arg] [--workdir=DIR] [--config.SECTION.FIELD=VALUE ...]"""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from launch.cli import OneLineParser, describe_config, fail, quiet_logs, split_config_overrides
+from launch.cli import (CONFIG_FILE_HELP, OneLineParser, base_config_from_flags, default_workdir, describe_config, fail, quiet_logs,
+                        split_config_overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,19 +19,26 @@ def main(argv: list[str] | None = None) -> int:
 
     probe = OneLineParser(add_help=False)
     probe.add_argument("--model")
-    model_name = probe.parse_known_args(flags)[0].model or "transformer"
-    try:
-        help_config = get_config(model_name)
-    except UnknownModelError:
-        help_config = get_config("transformer")
+    probe.add_argument("--config")
+    known = probe.parse_known_args(flags)[0]
+    file_config = base_config_from_flags(known.model, known.config) if known.config is not None else None
+    if file_config is not None:
+        help_config, help_source = file_config, f"--config={known.config}"
+    else:
+        try:
+            help_config = get_config(known.model or "transformer")
+        except UnknownModelError:
+            help_config = get_config("transformer")
+        help_source = f"--model={help_config.model_name}"
     parser = OneLineParser(
         prog="python -m launch.train",
         description="Train a registry model on its embedded default data (resumes from WORKDIR's latest checkpoint).",
-        epilog=f"config overrides for --model={help_config.model_name} (name=default):\n" + "\n".join(describe_config(help_config)),
+        epilog=f"config overrides for {help_source} (name=default):\n" + "\n".join(describe_config(help_config)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help=f"one of: {', '.join(sorted(MODELS))}")
-    parser.add_argument("--workdir", default=None, help="run directory (default runs/<model>); the same one again resumes")
+    parser.add_argument("--model", default=None, help=f"one of: {', '.join(sorted(MODELS))} (required unless --config names a file)")
+    parser.add_argument("--config", default=None, metavar="FILE[:ARG]", help=CONFIG_FILE_HELP)
+    parser.add_argument("--workdir", default=None, help="run directory (default runs/<model>, or runs/<file>_<arg> with --config); the same one again resumes")
     parser.add_argument("--restart", action="store_true",
                         help="train from step 0 in a workdir that holds an earlier run's metrics but no checkpoints (its metrics.jsonl is kept aside, never overwritten)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar (log lines only)")
@@ -40,14 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_processes", type=int, default=None, help="with distributed=explicit: how many processes (or JAX_NUM_PROCESSES)")
     parser.add_argument("--process_id", type=int, default=None, help="with distributed=explicit: this process's index, 0-based (or JAX_PROCESS_ID)")
     args = parser.parse_args(flags)
+    if args.model is None and args.config is None:
+        parser.error("one of --model=NAME or --config=configs/NAME.py[:arg] is required")
 
     try:
-        config = apply_overrides(get_config(args.model), overrides)
+        config = apply_overrides(file_config if file_config is not None else get_config(args.model), overrides)
     except (UnknownModelError, ConfigError) as e:
         fail(str(e))
     if args.workdir is not None and not args.workdir.strip():
         fail("--workdir is empty; give a directory (default when the flag is left out: runs/<model>)")
-    workdir = args.workdir or f"runs/{args.model}"
+    workdir = args.workdir or default_workdir(config.model_name, args.config)
 
     quiet_logs()
     from train.checkpoint import CheckpointError, CheckpointWriteError, NonFiniteStateError
@@ -69,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         from train.data import make_dataset
 
         try:
-            dataset = make_dataset(get_model_spec(args.model).task, config)
+            dataset = make_dataset(get_model_spec(config.model_name).task, config)
         except DataError as e:
             fail(str(e))
         print(config.to_json_best_effort(indent=2))
-        print(f"dry run OK: --model={args.model}, data {dataset.source} ({dataset.description}), workdir {workdir}")
+        source = f"--model={config.model_name}" + (f" (--config={args.config})" if args.config is not None else "")
+        print(f"dry run OK: {source}, data {dataset.source} ({dataset.description}), workdir {workdir}")
         return 0
     from train.parallel import initialize_distributed
 

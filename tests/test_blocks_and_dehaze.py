@@ -16,7 +16,7 @@ from conftest import REPO, cli_env, tiny_config
 from arch import get_model_spec
 from arch.layers import ConvUnit, InceptionBlock, ResidualBlock, dehaze, dehaze_reference, scatter
 from train.data import make_dataset
-from train.image_data import HazyImageIterator, apply_haze, haze_parameters, load_images, synthesize_haze
+from train.image_data import apply_haze, hazy_stream, haze_parameters, load_images, synthesize_haze
 from train.loop import train_and_evaluate
 from train.state import init_train_state, make_optimizer, param_count
 from train.step import make_train_step
@@ -304,16 +304,16 @@ def test_haze_synthesis_is_in_range_matches_the_formula_and_is_deterministic():
 
 def test_hazy_iterator_is_deterministic_resumable_and_shards_one_global_batch():
     clean = np.random.default_rng(0).random((40, 8, 8, 1)).astype(np.float32)
-    it = HazyImageIterator(clean, 8, seed=1)
+    it = hazy_stream(clean, 8, seed=1)
     batches = [next(it) for _ in range(7)]  # crosses an epoch boundary (5 batches per epoch)
-    again = HazyImageIterator(clean, 8, seed=1)
-    again.set_state({"position": 5})
+    again = hazy_stream(clean, 8, seed=1)
+    again.set_state(it.get_state() | {"position": 5, "grain": ""})
     resumed = next(again)
     for key in ("inputs", "targets"):
         np.testing.assert_array_equal(resumed[key], batches[5][key])
     # the same image gets new haze in another epoch
     assert not np.array_equal(batches[0]["inputs"], batches[5]["inputs"])
-    halves = [HazyImageIterator(clean, 8, seed=1, shard=s, num_shards=2).batch_at(3) for s in (0, 1)]
+    halves = [hazy_stream(clean, 8, seed=1, shard=s, num_shards=2).batch_at(3) for s in (0, 1)]
     np.testing.assert_array_equal(np.concatenate([h["inputs"] for h in halves]), batches[3]["inputs"])
 
 

@@ -10,7 +10,8 @@ import pytest
 from conftest import tiny_config
 
 from arch import get_model_spec
-from train.data import ArrayIterator, DataError
+from train.data import DataError
+from train.data.pipeline import array_stream
 from train.image_data import load_images
 from train.loop import train_and_evaluate
 from train.state import init_train_state, make_optimizer, param_count
@@ -71,13 +72,13 @@ def test_overfits_one_batch(name):
 
 def test_array_iterator_visits_every_example_once_per_epoch_and_resumes():
     arrays = {"inputs": np.arange(20, dtype=np.float32)[:, None], "labels": np.arange(20, dtype=np.int32)}
-    it = ArrayIterator(arrays, 5, seed=1)
+    it = array_stream(arrays, 5, seed=1)
     epoch = np.concatenate([next(it)["labels"] for _ in range(4)])
     assert sorted(epoch.tolist()) == list(range(20))
     second = np.concatenate([next(it)["labels"] for _ in range(4)])
     assert sorted(second.tolist()) == list(range(20)) and not np.array_equal(epoch, second)
-    again = ArrayIterator(arrays, 5, seed=1)
-    again.set_state({"position": 6})
+    again = array_stream(arrays, 5, seed=1)
+    again.set_state({"position": 6, "grain": ""})
     np.testing.assert_array_equal(next(again)["labels"], second[10:15])
 
 
@@ -113,8 +114,11 @@ def test_npz_and_cifar_loaders_and_their_errors(tmp_path):
     cifar_dir = tmp_path / "cifar"
     cifar_dir.mkdir()
     records.tofile(cifar_dir / "data_batch_1.bin")
-    splits = load_images(str(cifar_dir), 0, 0.2)
+    splits = load_images(str(cifar_dir), 0, 0.2)  # no test_batch.bin: a fixed 20 % is the test split
     assert splits.x_train.shape == (8, 32, 32, 3) and splits.num_classes == 10
+    records[7:].tofile(cifar_dir / "test_batch.bin")
+    splits = load_images(str(cifar_dir), 0, 0.2)
+    assert splits.x_train.shape == (10, 32, 32, 3) and splits.y_test.tolist() == [7, 8, 9]
     (tmp_path / "torn.bin").write_bytes(records.tobytes()[:-5])
     with pytest.raises(DataError, match="not a CIFAR-10 binary batch"):
         load_images(str(tmp_path / "torn.bin"), 0, 0.2)
@@ -128,8 +132,10 @@ def test_npz_and_cifar_loaders_and_their_errors(tmp_path):
         with open(py_dir / name, "wb") as f:
             pickle.dump({b"batch_label": b"x", b"labels": [int(v) for v in rows[:, 0]], b"data": rows[:, 1:].copy()}, f, protocol=2)
     splits = load_images(str(py_dir), 0, 0.2)
-    assert splits.x_train.shape == (8, 32, 32, 3) and splits.num_classes == 10
-    assert sorted(np.concatenate([splits.y_train, splits.y_test]).tolist()) == list(range(10))
+    # the shipped split is kept: data_batch_* train (in a fixed shuffled order), test_batch test (in file order)
+    assert splits.x_train.shape == (6, 32, 32, 3) and splits.num_classes == 10
+    assert sorted(splits.y_train.tolist()) == list(range(6)) and splits.y_test.tolist() == [6, 7, 8, 9]
+    np.testing.assert_allclose(splits.x_test[0], records[6, 1:].reshape(3, 32, 32).transpose(1, 2, 0) / 255.0, rtol=1e-6)
     np.testing.assert_allclose(np.sort(np.concatenate([splits.x_train, splits.x_test]).ravel()),
                                np.sort(records[:, 1:].ravel() / 255.0), rtol=1e-6)
 

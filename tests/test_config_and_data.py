@@ -5,6 +5,7 @@ import pytest
 
 from arch import UnknownModelError
 from train import data as data_lib
+from train.data import text as text_lib
 from train.config import ConfigError, apply_overrides, get_config
 
 
@@ -45,51 +46,52 @@ def test_unknown_model_lists_valid_names():
 
 
 def test_embedded_corpus_is_split_by_topic_deterministically():
-    a, b = data_lib.embedded_text_splits(), data_lib.embedded_text_splits()
+    a, b = text_lib.embedded_text_splits(), text_lib.embedded_text_splits()
     np.testing.assert_array_equal(a.train, b.train)
     assert 300_000 < len(a.train) and 20_000 < len(a.validation) < 0.2 * len(a.train)
     from pydoc_data.topics import topics
 
-    val_topics = [n for n in sorted(topics) if data_lib._is_validation_topic(n)]
+    val_topics = [n for n in sorted(topics) if text_lib._is_validation_topic(n)]
     assert val_topics and bytes(a.validation).startswith(topics[val_topics[0]].encode())
     assert topics[val_topics[0]].encode() not in bytes(a.train)
 
 
 def test_iterator_batches_are_a_pure_function_of_position():
     data = np.arange(1000, dtype=np.uint8)
-    it = data_lib.TextWindowIterator(data, 4, 16, seed=3)
+    it = text_lib.window_stream(data, 4, 16, seed=3, shard=0, num_shards=1)
     first = [next(it)["tokens"] for _ in range(5)]
-    assert it.get_state() == {"position": 5}
-    it2 = data_lib.TextWindowIterator(data, 4, 16, seed=3)
-    it2.set_state({"position": 3})
+    assert it.get_state() == {"position": 5, "grain": '{"next_index": 5}'}
+    it2 = text_lib.window_stream(data, 4, 16, seed=3, shard=0, num_shards=1)
+    it2.set_state({"position": 3, "grain": '{"next_index": 3}'})
     np.testing.assert_array_equal(next(it2)["tokens"], first[3])
     assert first[0].shape == (4, 17) and first[0].dtype == np.int32
     assert (np.diff(first[0], axis=1) % 256 == 1).all()  # contiguous windows
     # two process shards together are the global batch
-    halves = [data_lib.TextWindowIterator(data, 4, 16, seed=3, shard=i, num_shards=2).batch_at(0)["tokens"] for i in (0, 1)]
+    halves = [text_lib.window_stream(data, 4, 16, seed=3, shard=i, num_shards=2).batch_at(0)["tokens"] for i in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(halves), first[0])
 
 
 def test_eval_windows_predict_each_byte_once():
     data = np.arange(100, dtype=np.uint8)
-    w = data_lib.eval_windows(data, 10)
-    assert w.shape == (9, 11)
+    batches = text_lib.eval_windows(data, 10, batch_size=4)
+    w = np.concatenate([b["tokens"][wt > 0] for b, wt in batches])
+    assert len(batches) == 3 and w.shape == (9, 11)
     targets = w[:, 1:].ravel()
     assert len(set(targets.tolist())) == len(targets) == 90
 
 
 def test_file_loader_errors(tmp_path):
     with pytest.raises(data_lib.DataError, match="does not exist"):
-        data_lib.load_text(str(tmp_path / "missing.txt"), 0.1, 32)
+        text_lib.file_text_splits(str(tmp_path / "missing.txt"), 0.1, 33)
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     with pytest.raises(data_lib.DataError, match="is empty"):
-        data_lib.load_text(str(empty), 0.1, 32)
+        text_lib.file_text_splits(str(empty), 0.1, 33)
     short = tmp_path / "short.txt"
     short.write_bytes(b"hello")
     with pytest.raises(data_lib.DataError, match="need at least"):
-        data_lib.load_text(str(short), 0.1, 32)
+        text_lib.file_text_splits(str(short), 0.1, 33)
     good = tmp_path / "good.txt"
     good.write_bytes(bytes(range(256)) * 10)
-    splits = data_lib.load_text(str(good), 0.1, 32)
+    splits = text_lib.file_text_splits(str(good), 0.1, 33)
     assert len(splits.train) == 2304 and len(splits.validation) == 256

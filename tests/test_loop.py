@@ -60,7 +60,7 @@ def test_checkpoint_mid_run_holds_that_step_despite_donation(tmp_path):
     train_and_evaluate(stopped, str(tmp_path / "stopped"), stop_at_step=4, progress=False, echo=lambda *a: None)
     a, data_a = _params_at(tmp_path / "straight", 4)
     b, data_b = _params_at(tmp_path / "stopped", 4)
-    assert data_a == data_b == {"position": 4}
+    assert data_a == data_b and data_a["position"] == 4
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
 
@@ -88,4 +88,4 @@ def test_workdir_contents(tmp_path):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
     png = tmp_path / "plots" / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and summary["plot"] == str(png)
-    assert len(summary["sample"]) == 16
+    assert isinstance(summary["sample"], str) and 0 < len(summary["sample"]) <= 16  # 16 bytes, decoded as UTF-8

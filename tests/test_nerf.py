@@ -16,7 +16,7 @@ from conftest import REPO, cli_env, tiny_config
 from arch import get_model_spec
 from arch.nerf import positional_encoding, render_rays, sample_pdf
 from train import scene
-from train.data import DataError, make_dataset, padded_eval_batches
+from train.data import DataError, EvalBatches, make_dataset
 from train.loop import train_and_evaluate
 from train.state import init_train_state, make_optimizer, param_count
 from train.step import make_eval_step, make_train_step
@@ -172,7 +172,7 @@ def test_evaluation_sums_do_not_depend_on_batch_padding():
     results = []
     for batch_size in (96, 512):  # 512 rays = one batch, 96 = six batches, the last padded
         sums = None
-        for batch, weights in padded_eval_batches(arrays, batch_size):
+        for batch, weights in EvalBatches.of_arrays(arrays, batch_size):
             out = eval_step(params, {}, batch, weights)
             sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         results.append(get_task("nerf").summarize(jax.device_get(sums)))
@@ -213,7 +213,9 @@ def test_cameras_look_at_the_origin_and_the_dataset_is_deterministic():
     np.testing.assert_array_equal(a.train.batch_at(3)["rays"], b.train.batch_at(3)["rays"])
     np.testing.assert_array_equal(a.extras["views"], b.extras["views"])
     assert a.extras["views"].shape == (scene.NUM_HELD_OUT_VIEWS, 8, 8, 3) and a.held_out_name == "held-out views"
-    train_origins = np.unique(a.train.arrays["rays"][:, :3], axis=0)
+    rays_per_epoch = scene.NUM_TRAIN_VIEWS * 8 * 8
+    epoch = np.concatenate([a.train.batch_at(i)["rays"] for i in range(rays_per_epoch // config.train.batch_size)])
+    train_origins = np.unique(epoch[:, :3], axis=0)
     held_out_origins = np.unique(a.extras["rays"][..., :3].reshape(-1, 3), axis=0)
     assert len(train_origins) == scene.NUM_TRAIN_VIEWS and not set(map(tuple, train_origins)) & set(map(tuple, held_out_origins))
     assert 0.1 < np.mean(a.extras["views"] < 1.0) < 0.9  # both shapes and background are in view

@@ -116,7 +116,8 @@ def test_classifier_overfits_one_batch():
 
 
 def test_topic_windows_come_from_their_class_and_the_test_tail_is_held_out():
-    from train.data import TOPIC_CLASSES, labelled_texts, make_dataset
+    from train.data import make_dataset
+    from train.data.topics import TOPIC_CLASSES, labelled_texts
 
     config = tiny_config("lstm_classifier", data__seq_len="32", train__eval_batches="0")
     data = make_dataset("classification", config)

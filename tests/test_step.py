@@ -8,7 +8,7 @@ import numpy as np
 from conftest import tiny_config
 
 from arch import get_model_spec
-from train.data import TextWindowIterator, embedded_text_splits
+from train.data.text import embedded_text_splits, window_stream
 from train.state import init_train_state, make_optimizer
 from train.step import make_train_step
 from train.tasks import get_task
@@ -19,7 +19,7 @@ def _setup(**overrides):
     module = get_model_spec("transformer").make_module(config.model)
     tx = make_optimizer(config.train)
     state = nn.meta.unbox(init_train_state(module, tx, jnp.zeros((1, 32), jnp.int32), jax.random.PRNGKey(0)))
-    it = TextWindowIterator(embedded_text_splits().train, config.train.batch_size, 32, seed=0)
+    it = window_stream(embedded_text_splits().train, config.train.batch_size, 32, seed=0, shard=0, num_shards=1)
     return config, module, tx, state, it
 
 

@@ -1,214 +1,90 @@
-"""Run configuration: the base ml_collections config, per-family defaults, and overrides.
+"""Run configuration: the config a run reads, from a config file or a registry name, plus overrides.
 
-``get_config(model)`` returns a complete, locked config; ``apply_overrides`` takes the
-``--config.SECTION.FIELD=VALUE`` strings of the CLI and rejects unknown keys and badly typed
-values with one line naming the valid choices. Field names here are a contract other tools use:
-``train.steps``, ``train.batch_size``, ``train.learning_rate``, ``model.num_layers``,
-``data.path``, ``checkpoint.every``, ``checkpoint.keep``.
+The defaults live in ``configs/`` (one file per family, ``get_config(arg)``; ``configs/base.py``
+holds the base every file starts from). ``get_config(model)`` loads the file a registry name points
+at; ``load_config_file("configs/NAME.py[:arg]")`` loads one by path, as ``--config=`` does. Python
+callers then set typed values (``config.train.steps = 400``); ``apply_overrides`` takes the CLI's
+``--config.SECTION.FIELD=VALUE`` strings. Both end in :func:`validate` (also run by
+``train_and_evaluate``), which refuses an unknown key, a wrong type or a bad value with one line.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import ml_collections
 
-from arch import get_model_spec
+import configs
+from arch import MODELS, get_model_spec
+from configs.base import base_config  # noqa: F401  (re-exported: the base every config file starts from)
 
 
 class ConfigError(ValueError):
     """A bad config key or value given by the user."""
 
 
-def base_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.model_name = ""
-    c.seed = 0
-
-    c.data = ml_collections.ConfigDict()
-    c.data.dataset = ""  # empty: the family's default; see train.data.DATASETS for each task's choices
-    c.data.path = ""  # a file (or directory) to train on instead of the embedded/generated default
-    c.data.seq_len = 128  # language models: bytes per training window
-    c.data.image_size = 0  # image models: resize to this many pixels square (0 = native size)
-    c.data.val_fraction = 0.1  # for a user text file: the tail fraction held out
-    c.data.classes = ""  # images: keep only these labels ("0-4", "5,7,9"), relabelled 0..k-1; sets model.num_classes=k
-    # Image data (classification, dehaze, GAN digits): train on only the first N images of the
-    # shuffled, fixed train split (the test split unchanged); 0 = all.
-    c.data.train_examples = 0
-    # Image classification: the last N images of the train split become a validation split that the
-    # periodic evaluations and early stopping read; the test split is then scored once, at the end.
-    c.data.validation_examples = 0
-
-    c.model = ml_collections.ConfigDict()
-
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000
-    c.train.batch_size = 32
-    c.train.learning_rate = 1e-3
-    c.train.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
-    c.train.warmup_steps = 100
-    c.train.weight_decay = 0.1
-    c.train.b1 = 0.9
-    c.train.b2 = 0.99
-    c.train.grad_clip = 1.0  # global-norm clip; 0 disables
-    c.train.group_learning_rates = ""  # models with param groups (gan): "generator:2e-4,discriminator:2e-4"
-    c.train.grad_accum_steps = 1  # micro-batches per optimizer update (batch_size must divide)
-    # Loss scaling (train/loss_scale.py): auto becomes dynamic for model.dtype=float16, none otherwise.
-    c.train.loss_scaling = "auto"
-    c.train.log_every = 50
-    c.train.eval_every = 500
-    c.train.eval_batches = 0  # 0: the whole validation split at every evaluation
-    # Pruning (train/prune.py): global magnitude, cubic ramp from prune_start to prune_end (0: 3/4 of steps).
-    c.train.sparsity = 0.0  # target fraction of Dense/Conv kernel weights set to zero; 0 disables
-    c.train.prune_start = 0
-    c.train.prune_end = 0
-    c.train.prune_every = 10  # steps between mask updates during the ramp
-    # Regularisation (train/regularize.py, train/augment.py) and early stopping (train/early_stopping.py).
-    c.train.l1 = 0.0  # penalty l1 * sum|w| on kernels, added to the loss
-    c.train.l2 = 0.0  # penalty l2 * sum w^2 on kernels (coupled, unlike AdamW's weight_decay)
-    c.train.augment = "none"  # images: none, shift, flip, shift_flip (in the jitted step, from the step rng)
-    c.train.augment_pad = 2  # shift: up to this many pixels each way
-    c.train.early_stopping_metric = ""  # an eval metric (accuracy, loss, ...); empty disables
-    c.train.early_stopping_mode = "auto"  # auto (min for losses, max otherwise), min, max
-    c.train.early_stopping_min_delta = 0.0
-    c.train.patience = 3  # evaluations without improvement before stopping
-    # Distillation (train/distill.py): a trained classifier's workdir; loss alpha*hard + (1-alpha)*T^2*soft.
-    c.train.teacher = ""
-    c.train.distill_alpha = 0.5
-    c.train.distill_temperature = 4.0
-    # Transfer (train/transfer.py): start from a trained run's params (head re-initialised if classes differ).
-    c.train.init_from = ""
-    c.train.freeze_backbone = False  # train only the "head" module (optax.multi_transform + set_to_zero)
-
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.every = 500
-    c.checkpoint.keep = 3
-
-    c.parallel = ml_collections.ConfigDict()
-    c.parallel.mode = "jit"  # jit: jax.jit + NamedSharding on the mesh; pmap: legacy data parallel (jax.pmap + pmean)
-    # Named mesh "axis:size,..." over axes data, fsdp, model; one -1 means "the rest".
-    c.parallel.mesh = "data:-1"
-    c.parallel.num_devices = 0  # 0: every device; N: the mesh uses the first N (single-process only)
-    # Logical axis -> mesh axes: a preset (default, data_parallel, fsdp, tensor_parallel; see
-    # train.parallel.RULE_SETS) or "logical:axis[+axis],..."; unlisted logical axes are replicated.
-    c.parallel.rules = "default"
-    # Multi-host: auto (initialize when SLURM / Open MPI / Cloud TPU / JAX_COORDINATOR_ADDRESS say
-    # there are several processes), off, or explicit (--coordinator, --num_processes, --process_id).
-    c.parallel.distributed = "auto"
-    c.parallel.heartbeat_timeout_s = 30  # a process silent this long stops the job (jax.distributed; its default is 100)
-    c.parallel.initialization_timeout_s = 120  # multi-host start-up: give up this long after a peer fails to join
-    c.parallel.replicated_warn_size = 65536  # warn when a param this large is replicated on a model/fsdp mesh
-
-    c.sample = ml_collections.ConfigDict()
-    c.sample.prompt = "The "
-    c.sample.length = 200
-    c.sample.temperature = 0.8
-    c.sample.top_k = 0
-    return c
-
-
-# Per-family changes to the base train/data sections (the model section comes from the registry).
-_FAMILY_DEFAULTS: dict[str, dict[str, dict]] = {
-    "transformer": {
-        # Tuned to finish in under 10 minutes on a 2-core CPU: at ~55-70 GFLOP/s a d_model-128
-        # model seeing more tokens beat d_model 192/256 at equal time, and batch 16 beat 32.
-        "train": dict(
-            steps=1200,
-            batch_size=16,
-            learning_rate=3e-3,
-            warmup_steps=100,
-            weight_decay=0.1,
-            log_every=50,
-            eval_every=200,
-        ),
-        "checkpoint": dict(every=200, keep=3),
-    },
-    **{
-        kind: {
-            "train": dict(steps=450, batch_size=32, learning_rate=3e-3, warmup_steps=30, weight_decay=0.0, log_every=25, eval_every=150),
-            "checkpoint": dict(every=150, keep=3),
-        }
-        for kind in ("lstm", "gru", "rnn")
-    },
-    **{
-        f"{kind}_classifier": {
-            "data": dict(dataset="topics", seq_len=128, val_fraction=0.2),
-            "train": dict(steps=600, batch_size=32, learning_rate=3e-3, warmup_steps=30, weight_decay=1e-4, log_every=25, eval_every=200),
-            "checkpoint": dict(every=200, keep=2),
-        }
-        for kind in ("lstm", "gru", "rnn")
-    },
-    "mlp": {
-        "data": dict(val_fraction=0.2),
-        "train": dict(steps=1500, batch_size=64, learning_rate=1e-3, warmup_steps=50, weight_decay=1e-4, log_every=50, eval_every=250),
-        "checkpoint": dict(every=500, keep=2),
-    },
-    **{
-        f"resnet{depth}": {
-            "data": dict(val_fraction=0.2, image_size=32),
-            "train": dict(steps=600, batch_size=64, learning_rate=2e-3, warmup_steps=50, weight_decay=5e-4, log_every=25, eval_every=100),
-            "checkpoint": dict(every=100, keep=2),
-        }
-        for depth in (18, 34, 50)
-    },
-    "gan": {
-        # Points: generated fresh every step; images: data.dataset=digits (8x8 native, image_size to resize).
-        "data": dict(eval_samples=2048, val_fraction=0.2),
-        "train": dict(steps=10000, batch_size=128, learning_rate=3e-3, warmup_steps=50, weight_decay=0.0, b1=0.5, b2=0.99,
-                      grad_clip=0.0, min_lr_ratio=0.05, log_every=100, eval_every=1000),
-        "checkpoint": dict(every=1000, keep=2),
-    },
-    "nerf": {
-        # Random rays of 64 training views at 32x32 (data.image_size is the render resolution). Measured on
-        # held-out views: lr 1e-2 beat 5e-3 and 2e-2; at equal rays seen, batch 256 beat 512.
-        "data": dict(image_size=32),
-        "train": dict(steps=2000, batch_size=256, learning_rate=1e-2, warmup_steps=50, weight_decay=0.0, log_every=50, eval_every=500),
-        "checkpoint": dict(every=500, keep=2),
-    },
-    "inception": {
-        "data": dict(val_fraction=0.2, image_size=16),
-        "train": dict(steps=600, batch_size=64, learning_rate=2e-3, warmup_steps=50, weight_decay=5e-4, log_every=50, eval_every=200),
-        "checkpoint": dict(every=200, keep=2),
-    },
-    "dehaze": {
-        "data": dict(val_fraction=0.2, image_size=16),
-        "train": dict(steps=1000, batch_size=32, learning_rate=2e-3, warmup_steps=50, weight_decay=0.0, log_every=50, eval_every=250),
-        "checkpoint": dict(every=500, keep=2),
-    },
-    "nas_cell": {
-        "data": dict(val_fraction=0.2, image_size=16),
-        "train": dict(steps=1000, batch_size=64, learning_rate=1e-2, warmup_steps=50, weight_decay=0.0, log_every=50, eval_every=250),
-        "checkpoint": dict(every=500, keep=2),
-    },
-    "cnn": {
-        "data": dict(val_fraction=0.2, image_size=16),
-        "train": dict(steps=1500, batch_size=64, learning_rate=1e-3, warmup_steps=50, weight_decay=1e-4, log_every=50, eval_every=250),
-        "checkpoint": dict(every=500, keep=2),
-    },
-}
-
-
-# (model, data.dataset) -> changes applied when the user picks that dataset (see apply_overrides).
-_DATASET_DEFAULTS: dict[tuple[str, str], dict[str, dict]] = {
-    ("gan", "digits"): {
-        "data": dict(image_size=16, eval_samples=512),
-        "model": dict(width=32, synthesis_layers=1, disc_width=32, disc_layers=2, r1_gamma=1.0),
-        "train": dict(steps=3000, batch_size=64, learning_rate=2e-3, log_every=50, eval_every=500),
-        "checkpoint": dict(every=500, keep=2),
-    },
-}
-
-
 def get_config(model_name: str) -> ml_collections.ConfigDict:
-    """The complete default config for ``--model=model_name`` (raises UnknownModelError)."""
-    spec = get_model_spec(model_name)
-    config = base_config()
-    config.model_name = model_name
-    config.model = ml_collections.ConfigDict(spec.model_defaults())
-    for section, values in _FAMILY_DEFAULTS.get(model_name, {}).items():
-        config[section].update(values)
+    """The complete default config for ``--model=model_name``, locked (raises UnknownModelError).
+
+    It is the registry entry's config file (``ModelSpec.config``, e.g. ``resnet34`` ->
+    ``configs/resnet.py:r34``); set fields with typed values, ``config.train.steps = 400``.
+    """
+    config = configs.from_ref(get_model_spec(model_name).config)
+    assert config.model_name == model_name, f"{get_model_spec(model_name).config} is a {config.model_name!r} config"
     config.lock()
     return config
+
+
+def load_config_file(path_and_arg: str) -> ml_collections.ConfigDict:
+    """``"configs/NAME.py[:arg]"`` -> that file's ``get_config(arg)`` (``get_config()`` without an
+    arg), locked; as ml_collections' ``config_flags.DEFINE_config_file``. ``configs/NAME.py`` that is
+    not under the current directory is the file installed with archlab. Any problem with the file is
+    a one-line ConfigError naming it."""
+    path, arg = split_path_and_arg(path_and_arg)
+    shipped = os.path.join(os.path.dirname(configs.__file__), os.path.relpath(path, "configs"))
+    if not os.path.exists(path) and os.path.normpath(path).startswith("configs" + os.sep) and os.path.isfile(shipped):
+        path = shipped  # configs/NAME.py from another directory: the files installed with archlab
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path!r} does not exist; give a Python file with get_config(arg), e.g. configs/transformer.py")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} is a directory; give a Python file with get_config(arg), e.g. configs/transformer.py")
+    name = "archlab_config_file_" + "".join(ch if ch.isalnum() else "_" for ch in os.path.abspath(path))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as e:  # the file is the user's: any failure to run it is bad input
+        raise ConfigError(f"config file {path!r} failed to load: {_one_line(e)}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"config file {path!r} defines no get_config(arg); a config file is a Python file whose get_config "
+                          "returns an ml_collections.ConfigDict")
+    call = f"get_config({arg!r})" if arg is not None else "get_config()"
+    try:
+        config = module.get_config(arg) if arg is not None else module.get_config()
+    except Exception as e:
+        raise ConfigError(f"config file {path!r}: {call} raised {_one_line(e)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config file {path!r}: {call} returned a {type(config).__name__}, not an ml_collections.ConfigDict")
+    config.lock()
+    return config
+
+
+def split_path_and_arg(path_and_arg: str) -> tuple[str, str | None]:
+    """``"a/b.py:arg"`` -> ("a/b.py", "arg"), ``"a/b.py"`` -> ("a/b.py", None); a path that exists
+    as given keeps any ``:`` in it."""
+    if not path_and_arg.strip():
+        raise ConfigError("--config is empty; give a config file, configs/NAME.py[:arg]")
+    if os.path.exists(path_and_arg) or ":" not in path_and_arg:
+        return path_and_arg, None
+    path, _, arg = path_and_arg.partition(":")
+    return path, arg
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -246,15 +122,19 @@ def _convert(key: str, raw: str, current):
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
-    """Returns a copy of ``config`` with ``{"train.steps": "50", ...}`` applied, types checked.
+    """Returns a copy of ``config`` with ``{"train.steps": "50", ...}`` applied, each string typed by
+    the field's current value, resolved and validated (:func:`resolve_config`).
 
-    Choosing another ``data.dataset`` first applies that dataset's defaults for the family (e.g.
-    the GAN's digits settings), then the user's overrides on top.
+    Choosing another ``data.dataset`` first applies that dataset's values from the family's config
+    file (``DATASET_DEFAULTS``, e.g. the GAN's digits settings), then the user's overrides on top.
     """
+    check_fields(config)
     config = ml_collections.ConfigDict(config.to_dict())
-    dataset_defaults = _DATASET_DEFAULTS.get((config.model_name, overrides.get("data.dataset", "")), {})
-    for section, values in dataset_defaults.items():
-        config[section].update(values)
+    dataset = overrides.get("data.dataset", "")
+    if dataset and config.get("model_name", "") in MODELS:
+        family = configs.family_module(MODELS[config.model_name].config)
+        for section, values in getattr(family, "DATASET_DEFAULTS", {}).get(dataset, {}).items():
+            config[section].update(values)
     for key, raw in overrides.items():
         node = config
         parts = key.split(".")
@@ -279,6 +159,17 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
             config.model.num_classes = len(parse_classes(config.data.classes))
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    return resolve_config(config)
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A locked, validated copy of ``config`` with its ``auto`` choices made: what a run reads.
+
+    ``train_and_evaluate`` calls it, so values a Python caller set (``config.train.steps = 400``)
+    are checked as the CLI's are. Idempotent.
+    """
+    check_fields(config)
+    config = ml_collections.ConfigDict(config.to_dict())
     if config.train.loss_scaling == "auto":  # resolved here so config.json and make_optimizer see the real choice
         config.train.loss_scaling = "dynamic" if config.model.get("dtype") == "float16" else "none"
     validate(config)
@@ -286,8 +177,48 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     return config
 
 
+_MISSING = object()
+_KINDS = {bool: "a bool", int: "an int", float: "a number", str: "a string", tuple: "a tuple"}
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    """Refuses an empty or unknown model_name, and any field of the model's default config that is
+    missing or holds another type (ml_collections lets None through, and after a None any type)."""
+    name = config.get("model_name", _MISSING)
+    if not isinstance(name, str) or not name:
+        got = "missing" if name is _MISSING else repr(name)
+        raise ConfigError(f"config.model_name is {got}; valid models: {', '.join(sorted(MODELS))}")
+    reference = configs.from_ref(get_model_spec(name).config).to_dict()
+    actual = config.to_dict()
+    for key, default in _leaves(reference):
+        value = actual
+        for part in key.split("."):
+            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            raise ConfigError(f"config.{key} is missing; a config file starts from configs.base.base_config() and sets every "
+                              f"field of its family's model section (see configs/{get_model_spec(name).config.partition(':')[0]})")
+        if not _same_kind(value, default):
+            raise ConfigError(f"config.{key} must be {_KINDS.get(type(default), type(default).__name__)}, as its default "
+                              f"{default!r} (got {value!r})")
+
+
+def _same_kind(value, default) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, tuple):
+        return isinstance(value, (tuple, list)) and (not default or all(_same_kind(v, default[0]) for v in value))
+    return True
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Rejects values that parse but make no sense, naming the field and what is allowed."""
+    check_fields(config)
     t = config.train
     checks = [
         (t.steps >= 1, "train.steps must be >= 1"),

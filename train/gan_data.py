@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.data import ArrayIterator, Dataset, DataError, PositionIterator, padded_eval_batches
+from train.data.dataset import Dataset
+from train.data.errors import DataError
+from train.data.pipeline import EvalBatches, TrainStream, array_stream, local_rows
 
 RING_MODES = 8
 RING_RADIUS = 2.0
@@ -29,18 +31,20 @@ def ring_samples(rng: np.random.Generator, n: int) -> np.ndarray:
     return (ring_centers()[modes] + RING_STD * rng.standard_normal((n, 2))).astype(np.float32)
 
 
-class RingIterator(PositionIterator):
-    """Fresh ring samples every batch: ``{"inputs": float32 [batch, 2]}``."""
+def ring_stream(batch_size: int, seed: int, *, shard: int = 0, num_shards: int = 1, workers: int = 0, prefetch: int = 2) -> TrainStream:
+    """Fresh ring samples every batch: ``{"inputs": float32 [batch, 2]}``, a pure function of (seed, batch)."""
 
-    def batch_at(self, position: int) -> dict:
-        rows = ring_samples(np.random.default_rng([self.seed, position]), self.batch_size)
-        return {"inputs": self._local_rows(rows)}
+    def batch_fn(position: int) -> dict:
+        rows = ring_samples(np.random.default_rng([seed, position]), batch_size)
+        return {"inputs": local_rows(rows, shard, num_shards)}
+
+    return TrainStream(batch_fn, name="ring of 8 Gaussians", workers=workers, prefetch=prefetch)
 
 
 def _eval_batches(real: np.ndarray, latent_dim: int, count: int, batch_size: int, limit: int) -> list:
     latents = np.random.default_rng(_EVAL_SEED).standard_normal((count, latent_dim)).astype(np.float32)
     real = real[np.arange(count) % len(real)]
-    return padded_eval_batches({"latents": latents, "inputs": real}, batch_size, limit)
+    return EvalBatches.of_arrays({"latents": latents, "inputs": real}, batch_size, limit)
 
 
 def ring_dataset(config, shard: int, num_shards: int) -> Dataset:
@@ -49,7 +53,7 @@ def ring_dataset(config, shard: int, num_shards: int) -> Dataset:
         raise DataError("data.dataset=ring is generated; data.path is not used (use --config.data.dataset=digits for images)")
     held_out = ring_samples(np.random.default_rng(_EVAL_SEED + 1), config.data.eval_samples)
     return Dataset(
-        train=RingIterator(t.batch_size, config.seed, shard=shard, num_shards=num_shards),
+        train=ring_stream(t.batch_size, config.seed, shard=shard, num_shards=num_shards, workers=config.data.workers, prefetch=config.data.prefetch),
         eval_batches=_eval_batches(held_out, config.model.latent_dim, config.data.eval_samples, t.batch_size, t.eval_batches),
         example_input=held_out[:1],
         source="ring of 8 Gaussians (generated)",
@@ -64,10 +68,11 @@ def digits_dataset(config, shard: int, num_shards: int) -> Dataset:
     from train.image_data import first_train_images, load_images
 
     t = config.train
-    images = load_images(config.data.path, config.data.image_size, config.data.val_fraction)
+    images = load_images(config.data.path, config.data.image_size, config.data.val_fraction, config.data.format)
     images = first_train_images(images, config.data.get("train_examples", 0))
     return Dataset(
-        train=ArrayIterator({"inputs": images.x_train}, t.batch_size, config.seed, shard=shard, num_shards=num_shards),
+        train=array_stream({"inputs": images.x_train}, t.batch_size, config.seed, shard=shard, num_shards=num_shards,
+                           workers=config.data.workers, prefetch=config.data.prefetch),
         eval_batches=_eval_batches(images.x_test, config.model.latent_dim, min(config.data.eval_samples, 4 * len(images.x_test)),
                                    t.batch_size, t.eval_batches),
         example_input=images.x_train[:1],

@@ -15,7 +15,8 @@ import zipfile
 
 import numpy as np
 
-from train.data import ArrayIterator, DataError
+from train.data.errors import DataError
+from train.data.pipeline import TrainStream, array_stream, local_rows
 
 _SPLIT_SEED = 20_240_601
 CIFAR_RECORD = 1 + 32 * 32 * 3
@@ -80,40 +81,66 @@ def digits() -> tuple[np.ndarray, np.ndarray, str]:
     return x, bunch.target.astype(np.int32), "digits (scikit-learn, 1,797 8x8 images)"
 
 
-def npz_file(path: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """An ``.npz`` with arrays ``x`` [N, H, W] or [N, H, W, C] and integer ``y`` [N]."""
+def _npz_images(path: str, f, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = f[x_name], f[y_name]
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path!r}: expected {x_name} [N,H,W(,C)] and integer {y_name} [N], got {x_name} {x.shape} and {y_name} {y.shape} {y.dtype}")
+    return x, y.astype(np.int32)
+
+
+def npz_file(path: str) -> tuple:
+    """An ``.npz`` with arrays ``x`` [N, H, W] or [N, H, W, C] and integer ``y`` [N]; optional
+    ``x_test`` / ``y_test`` are its own test split. Pixel values above 1 are read as 0..255."""
     try:
         with np.load(path, allow_pickle=False) as f:
             if "x" not in f or "y" not in f:
                 raise DataError(f"{path!r} must hold arrays 'x' (images) and 'y' (labels); it has {sorted(f.files)}")
-            x, y = f["x"], f["y"]
+            x, y = _npz_images(path, f, "x", "y")
+            x_test, y_test = _npz_images(path, f, "x_test", "y_test") if "x_test" in f and "y_test" in f else (None, None)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"{path!r} is not a readable .npz file ({e})") from None
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y) or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{path!r}: expected x [N,H,W(,C)] and integer y [N], got x {x.shape} and y {y.shape} {y.dtype}")
-    x = x.astype(np.float32)
-    if x.max() > 1.0:
-        x = x / 255.0
-    return x, y.astype(np.int32), path
+    scale = 255.0 if max(x.max(), x_test.max() if x_test is not None else 0) > 1.0 else 1.0
+    as_float = lambda a: None if a is None else a.astype(np.float32) / scale
+    return as_float(x), y, as_float(x_test), y_test, path
 
 
-def cifar10_binary(path: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """CIFAR-10 binary batches: one ``.bin`` file or a directory of ``*_batch*.bin`` files."""
+def _read_cifar_binary(name: str) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(name, dtype=np.uint8)
+    if raw.size == 0 or raw.size % CIFAR_RECORD:
+        raise DataError(f"{name!r} is not a CIFAR-10 binary batch (size {raw.size} is not a multiple of {CIFAR_RECORD})")
+    records = raw.reshape(-1, CIFAR_RECORD)
+    check_labels(records[:, 0], CIFAR_CLASSES, name, " of CIFAR-10's 10 classes (is it a CIFAR-10 binary batch?)")
+    return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0, records[:, 0].astype(np.int32)
+
+
+def _is_test_file(name: str) -> bool:
+    return os.path.basename(name).startswith("test_batch")
+
+
+def _train_and_test(files: list[str], read, path: str, kind: str) -> tuple:
+    """(x, y, x_test, y_test) of CIFAR batch files: test_batch* is the test split, the rest train."""
+    train_files = [f for f in files if not _is_test_file(f)]
+    test_files = [f for f in files if _is_test_file(f)]
+    if not train_files:
+        raise DataError(f"{path!r} holds no CIFAR-10 training batches (data_batch_1..5), only {', '.join(map(os.path.basename, files))}")
+    stack = lambda names: tuple(np.concatenate(parts) for parts in zip(*(read(n) for n in names))) if names else (None, None)
+    (x, y), (x_test, y_test) = stack(train_files), stack(test_files)
+    return x, y, x_test, y_test, f"CIFAR-10 {kind} batches at {path}"
+
+
+def cifar10_binary(path: str) -> tuple:
+    """CIFAR-10 binary batches: one ``.bin`` file or a directory of ``*.bin`` files (``test_batch.bin`` is the test split)."""
     files = sorted(glob.glob(os.path.join(path, "*.bin"))) if os.path.isdir(path) else [path]
     if not files:
         raise DataError(f"{path!r} holds no CIFAR-10 .bin batches")
-    xs, ys = [], []
-    for name in files:
-        raw = np.fromfile(name, dtype=np.uint8)
-        if raw.size == 0 or raw.size % CIFAR_RECORD:
-            raise DataError(f"{name!r} is not a CIFAR-10 binary batch (size {raw.size} is not a multiple of {CIFAR_RECORD})")
-        records = raw.reshape(-1, CIFAR_RECORD)
-        check_labels(records[:, 0], CIFAR_CLASSES, name, " of CIFAR-10's 10 classes (is it a CIFAR-10 binary batch?)")
-        ys.append(records[:, 0].astype(np.int32))
-        xs.append(records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0)
-    return np.concatenate(xs), np.concatenate(ys), f"CIFAR-10 binary batches at {path}"
+    if not os.path.isdir(path):
+        x, y = _read_cifar_binary(path)
+        return x, y, None, None, f"CIFAR-10 binary batch {path}"
+    return _train_and_test(files, _read_cifar_binary, path, "binary")
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
@@ -137,45 +164,93 @@ def _is_cifar_python_file(name: str) -> bool:
     return base.startswith(CIFAR_PYTHON_NAMES) and not base.endswith(".bin")
 
 
-def cifar10_python(path: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """CIFAR-10 "python version" batches (``data_batch_1..5``, ``test_batch``): one file or their directory."""
-    files = sorted(f for f in glob.glob(os.path.join(path, "*")) if _is_cifar_python_file(f)) if os.path.isdir(path) else [path]
-    xs, ys = [], []
-    for name in files:
-        try:
-            with open(name, "rb") as f:
-                batch = _ArraysOnlyUnpickler(f, encoding="bytes").load()
-            data, labels = np.asarray(batch[b"data"], np.uint8), np.asarray(batch[b"labels"], np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as e:
-            raise DataError(f"{name!r} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or len(labels) != len(data):
-            raise DataError(f"{name!r} is not a CIFAR-10 python batch (data {data.shape}, labels {labels.shape})")
-        check_labels(labels, CIFAR_CLASSES, name, " of CIFAR-10's 10 classes")
-        xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0)
-        ys.append(labels.astype(np.int32))
-    return np.concatenate(xs), np.concatenate(ys), f"CIFAR-10 python batches at {path}"
+def _read_cifar_python(name: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(name, "rb") as f:
+            batch = _ArraysOnlyUnpickler(f, encoding="bytes").load()
+        data, labels = np.asarray(batch[b"data"], np.uint8), np.asarray(batch[b"labels"], np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as e:
+        raise DataError(f"{name!r} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or len(labels) != len(data):
+        raise DataError(f"{name!r} is not a CIFAR-10 python batch (data {data.shape}, labels {labels.shape})")
+    check_labels(labels, CIFAR_CLASSES, name, " of CIFAR-10's 10 classes")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).astype(np.float32) / 255.0, labels.astype(np.int32)
 
 
-def load_images(path: str, image_size: int, test_fraction: float) -> ImageSplits:
-    """Loads ``path`` by its format (``.npz``, CIFAR-10 ``.bin`` or directory), digits if empty."""
+def cifar10_python(path: str) -> tuple:
+    """CIFAR-10 "python version" batches (``data_batch_1..5`` train, ``test_batch`` test): one file or their directory."""
+    if not os.path.isdir(path):
+        x, y = _read_cifar_python(path)
+        return x, y, None, None, f"CIFAR-10 python batch {path}"
+    files = sorted(f for f in glob.glob(os.path.join(path, "*")) if _is_cifar_python_file(f))
+    return _train_and_test(files, _read_cifar_python, path, "python")
+
+
+# data.format values read into memory here; the streaming image formats are in train/data/image_records.py.
+IN_MEMORY_FORMATS = ("npz", "cifar10")
+STREAMING_FORMATS = ("tfrecord", "array_record", "image_folder")
+
+
+def detect_image_format(path: str, fmt: str = "auto") -> str:
+    """``data.format`` for an image ``path``: the value given, or one picked by name/contents."""
+    if fmt != "auto" or not path:
+        return fmt
+    name = os.path.basename(path.rstrip("/"))
+    if name.endswith(".npz"):
+        return "npz"
+    if "tfrecord" in name:
+        return "tfrecord"
+    if "array_record" in name or name.endswith(".arecord"):
+        return "array_record"
+    if os.path.isdir(path):
+        entries = os.listdir(path)
+        if any("tfrecord" in e for e in entries):
+            return "tfrecord"
+        if any("array_record" in e for e in entries):
+            return "array_record"
+        if any(_is_cifar_python_file(e) or e.endswith(".bin") for e in entries):
+            return "cifar10"
+        if any(os.path.isdir(os.path.join(path, e)) for e in entries):
+            return "image_folder"
+    if name.endswith(".bin") or _is_cifar_python_file(name):
+        return "cifar10"
+    return fmt
+
+
+def load_images(path: str, image_size: int, test_fraction: float, fmt: str = "auto") -> ImageSplits:
+    """Loads ``path`` into memory by its format (``.npz``, CIFAR-10 binary or python batches), digits if empty.
+
+    A source that ships a test split keeps it (CIFAR-10's ``test_batch``, an ``.npz`` with
+    ``x_test``/``y_test``); otherwise a fixed ``test_fraction`` of the images is the test split. The
+    training split comes in a fixed random order (the same for every seed)."""
+    fmt = detect_image_format(path, fmt)
+    x_test = y_test = None
+    if not path and fmt != "auto":
+        raise DataError(f"data.format={fmt} needs data.path (the embedded digits are read when both are left at their defaults)")
     if not path:
         x, y, source = digits()
     elif not os.path.exists(path):
         raise DataError(f"data file {path!r} does not exist")
-    elif path.endswith(".npz"):
-        x, y, source = npz_file(path)
-    elif _is_cifar_python_file(path) or (os.path.isdir(path) and any(_is_cifar_python_file(f) for f in os.listdir(path))):
-        x, y, source = cifar10_python(path)
-    elif path.endswith(".bin") or os.path.isdir(path):
-        x, y, source = cifar10_binary(path)
+    elif fmt == "npz":
+        x, y, x_test, y_test, source = npz_file(path)
+    elif fmt == "cifar10" and (_is_cifar_python_file(path) or (os.path.isdir(path) and any(_is_cifar_python_file(f) for f in os.listdir(path)))):
+        x, y, x_test, y_test, source = cifar10_python(path)
+    elif fmt == "cifar10":
+        x, y, x_test, y_test, source = cifar10_binary(path)
     else:
-        raise DataError(f"data file {path!r} has an unknown image format; valid: .npz (x, y arrays), CIFAR-10 .bin or python "
-                        "batches (data_batch_N, test_batch) or a directory of them")
+        raise DataError(f"data file {path!r} has an unknown image format; valid: .npz (x, y arrays), CIFAR-10 .bin "
+                        "or python batches (data_batch_N, test_batch) or a directory of them, TFRecord / ArrayRecord files of "
+                        "tf.train.Example images, an image folder (class_name/*.jpg|png); or set data.format "
+                        f"(got {fmt}; valid: {', '.join(('auto',) + IN_MEMORY_FORMATS + STREAMING_FORMATS)})")
     if len(x) < 2:
         raise DataError(f"{path!r} holds {len(x)} images; need at least 2")
-    x = _resize(x, image_size)
-    x_train, y_train, x_test, y_test = _split(x, y, test_fraction)
-    num_classes = int(max(y.max() + 1, 2))
+    if x_test is None:
+        x_train, y_train, x_test, y_test = _split(_resize(x, image_size), y, test_fraction)
+    else:
+        order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
+        x_train, y_train = _resize(x[order], image_size), y[order]
+        x_test = _resize(x_test, image_size)
+    num_classes = int(max(y_train.max() + 1, y_test.max() + 1, 2))
     return ImageSplits(x_train, y_train, x_test, y_test, num_classes, source)
 
 
@@ -316,17 +391,17 @@ def hazy_test_split(clean: np.ndarray) -> np.ndarray:
     return synthesize_haze(clean, _HAZE_TEST_SEED)[0]
 
 
-class HazyImageIterator(ArrayIterator):
+def hazy_stream(clean: np.ndarray, batch_size: int, seed: int, *, shard: int = 0, num_shards: int = 1, workers: int = 0, prefetch: int = 2):
     """Batches ``{"inputs": hazy, "targets": clean}`` of the training images, hazed afresh every
     batch: the haze of batch ``i`` is a pure function of (seed, i) and of the row's place in the
     global batch, so resuming and any number of processes see the same data."""
+    images = array_stream({"targets": clean}, batch_size, seed, shard=shard, num_shards=num_shards)
+    _, height, width, channels = clean.shape
 
-    def __init__(self, clean: np.ndarray, batch_size: int, seed: int, *, shard: int = 0, num_shards: int = 1):
-        super().__init__({"targets": clean}, batch_size, seed, shard=shard, num_shards=num_shards)
+    def batch_fn(position: int) -> dict:
+        targets = images.batch_at(position)["targets"]
+        rng = np.random.default_rng([seed, position, 1])
+        transmission, airlight = (local_rows(a, shard, num_shards) for a in haze_parameters(rng, batch_size, height, width, channels))
+        return {"inputs": apply_haze(targets, transmission, airlight), "targets": targets}
 
-    def batch_at(self, position: int) -> dict:
-        clean = super().batch_at(position)["targets"]
-        _, height, width, channels = clean.shape
-        rng = np.random.default_rng([self.seed, position, 1])
-        transmission, airlight = (self._local_rows(a) for a in haze_parameters(rng, self.batch_size, height, width, channels))
-        return {"inputs": apply_haze(clean, transmission, airlight), "targets": clean}
+    return TrainStream(batch_fn, name=f"hazed images: {len(clean):,}", workers=workers, prefetch=prefetch)

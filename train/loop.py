@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from train import parallel
 from train.checkpoint import Checkpointer, first_nonfinite_leaf, probe_checkpoint_dir
+from train.config import resolve_config
 from train.metrics import MetricWriter, plot_loss_curves, read_metrics
 from train.run import Run, accumulate_metrics
 from train.state import TrainState, param_count
@@ -225,6 +226,12 @@ def _score_test_split(run: Run, state: TrainState, step: int, best, say) -> tupl
     return run.evaluate(test_state, run.eval_batches(run.data.test_batches)), test_step, which
 
 
+def _token_unit(config) -> str:
+    """What a language model's tokens are: bytes, unless data.tokenizer says otherwise (a .bin of token ids)."""
+    byte_level = config.data.get("tokenizer", "bytes") == "bytes" and config.model.get("vocab_size", 256) == 256
+    return "byte" if byte_level else "token"
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -240,8 +247,10 @@ def train_and_evaluate(
     (used by the kill-and-resume test). ``restart`` allows starting from step 0 in a workdir that
     holds an earlier run's metrics but no checkpoint (they are kept aside, never overwritten).
     One trainer per workdir: a second one raises WorkdirError naming the first one's pid.
-    Returns a summary dict (final step, eval metrics, sample).
+    Returns a summary dict (final step, eval metrics, sample). A config built or changed in Python
+    is validated first, as the CLI's is (ConfigError naming the bad field).
     """
+    config = resolve_config(config)
     workdir = check_workdir(workdir)
     lock = WorkdirLock(workdir, jax.process_index())
     try:
@@ -365,9 +374,11 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
             last_saved = step
     except BaseException:
         bar.close()
+        iterator.close()
         _close_after_failure(checkpointer, best)
         raise
     bar.close()
+    iterator.close()  # stops grain's read-ahead thread and worker processes
     checkpointer.close()
     if best is not None:
         best.close()
@@ -413,15 +424,15 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
     task_plots = run.plot(state, workdir, step)  # every process helps gather the params
     if primary:
         summary["task_plots"] = task_plots
-    say(f"{run.data.held_out_name} at step {step}: {run.task.report(result)}; "
+    say(f"{run.data.held_out_name} at step {step}: {run.task.report(result).replace('bits per byte', f'bits per {_token_unit(config)}')}; "
         f"{_format_duration(summary['train_seconds'])} in all")
     if test is not None:
         say(f"test at step {test_step} ({which}): {run.task.report(test)}")
     if run.spec.task == "lm":
         stop.raise_if_stopped(f"after the final evaluation (step {step}); the sample was not drawn")
-        sample = run.sample(state, config.sample.prompt.encode("utf-8"), config.sample.length,
+        sample = run.sample(state, config.sample.prompt, config.sample.length,
                             temperature=config.sample.temperature, top_k=config.sample.top_k, seed=config.seed)
         summary["sample"] = sample
-        say(f"sample ({config.sample.length} bytes after {config.sample.prompt!r}):")
-        say(config.sample.prompt + sample.decode("utf-8", errors="replace"))
+        say(f"sample ({config.sample.length} {_token_unit(config)}s after {config.sample.prompt!r}):")
+        say(config.sample.prompt + sample)
     return summary

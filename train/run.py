@@ -20,7 +20,8 @@ import numpy as np
 from arch import get_model_spec
 from train import data as data_lib
 from train import parallel
-from train.sampling import generate
+from train.data.tokenizer import tokenizer_for_config
+from train.sampling import generate_text
 from train.state import TrainState, init_train_state, learning_rate_schedule, make_optimizer
 from train.step import make_eval_step, make_train_step
 from train.tasks import get_task
@@ -34,6 +35,28 @@ def _add_trees(total, metrics):
 
 # Running metric sums on the device (the donated total is updated in place): no host sync per step.
 accumulate_metrics = jax.jit(_add_trees, donate_argnums=0)
+
+
+EVAL_CACHE_BYTES = 256 * 2**20
+
+
+class PlacedBatches:
+    """Host batches placed on the mesh as they are iterated (a held-out split too large to keep on the devices)."""
+
+    def __init__(self, batches, place):
+        self.batches, self.place = batches, place
+
+    def host_bytes(self) -> int:
+        if not len(self.batches):
+            return 0
+        batch, weights = self.batches[0]
+        return len(self.batches) * (sum(np.asarray(v).nbytes for v in jax.tree.leaves(batch)) + weights.nbytes)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        return (self.place(pair) for pair in self.batches)
 
 
 class Run:
@@ -183,13 +206,14 @@ class Run:
             lines.append(f"freeze_backbone: {trainable:,} of {total:,} params train (the head)")
         return lines + [f"note: {n}" for n in self.sharding_notes] + warnings
 
-    def train_iterator(self) -> data_lib.PositionIterator:
+    def train_iterator(self) -> data_lib.TrainStream:
         return self.data.train
 
-    def eval_batches(self, host_batches: list | None = None) -> list[tuple[dict, jax.Array]]:
+    def eval_batches(self, host_batches: data_lib.EvalBatches | None = None):
         """``host_batches`` (default: the held-out split's) on the mesh: rows split over the data
-        shards where they divide, else replicated. Every process holds the whole held-out set, so
-        each builds its shards."""
+        shards where they divide, else replicated. Every process reads the whole held-out split and
+        builds its shards. A split of up to ``EVAL_CACHE_BYTES`` is placed once and kept on the
+        devices; a larger one is read and placed batch by batch at every evaluation."""
 
         def place(x):
             x = np.asarray(x)
@@ -199,7 +223,8 @@ class Run:
             return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
         batches = self.data.eval_batches if host_batches is None else host_batches
-        return [(jax.tree.map(place, batch), place(weights)) for batch, weights in batches]
+        placed = PlacedBatches(batches, lambda pair: (jax.tree.map(place, pair[0]), place(pair[1])))
+        return list(placed) if placed.host_bytes() <= EVAL_CACHE_BYTES else placed
 
     def evaluate(self, state: TrainState, batches) -> dict:
         """Task metrics over ``batches``; ``state`` in the global layout (see ``to_global``)."""
@@ -227,9 +252,10 @@ class Run:
             return []
         return self.task.plot(self.module, params, model_state, self.data, os.path.join(workdir, "plots"), step)
 
-    def sample(self, state: TrainState, prompt: bytes, length: int, *, temperature: float, top_k: int, seed: int = 0) -> bytes:
+    def sample(self, state: TrainState, prompt: str, length: int, *, temperature: float, top_k: int, seed: int = 0) -> str:
+        """``length`` tokens after ``prompt``, encoded and decoded by the run's tokenizer (data.tokenizer)."""
         params, _ = self.host_params(state)
-        return generate(
-            self.decode_module, params, prompt, length, max_len=self.config.model.max_len,
-            rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k,
+        return generate_text(
+            self.decode_module, params, prompt, length, tokenizer=tokenizer_for_config(self.config.data),
+            max_len=self.config.model.max_len, rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k,
         )

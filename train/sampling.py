@@ -48,29 +48,51 @@ def _generate(decode_module, params, cache, prompt_tokens, rng, *, length, tempe
     return tokens.T  # [batch, length]
 
 
-def generate(
+def generate_tokens(
     decode_module: nn.Module,
     params,
-    prompt: bytes,
+    prompt_ids,
     length: int,
     *,
     max_len: int,
     rng: jax.Array,
     temperature: float = 0.8,
     top_k: int = 0,
-) -> bytes:
-    """Continues ``prompt`` by ``length`` bytes; the context window is the last ``max_len`` bytes."""
+) -> np.ndarray:
+    """``length`` token ids continuing ``prompt_ids`` (non-empty); the context window is the last ``max_len`` ids."""
     if length < 1:
         raise ValueError(f"length must be >= 1, got {length}")
-    if getattr(decode_module, "positional", "rotary") == "learned" and min(len(prompt), max_len) + length > max_len:
+    prompt_ids = np.asarray(prompt_ids, np.int32).reshape(-1)
+    if not prompt_ids.size:
+        raise ValueError("the prompt holds no tokens")
+    if getattr(decode_module, "positional", "rotary") == "learned" and min(len(prompt_ids), max_len) + length > max_len:
         raise ValueError(
-            f"a model with learned positions can generate at most {max_len} bytes including the prompt; "
-            f"asked for {min(len(prompt), max_len)} + {length}"
+            f"a model with learned positions can generate at most {max_len} tokens including the prompt; "
+            f"asked for {min(len(prompt_ids), max_len)} + {length}"
         )
-    prompt = prompt[-max_len:] or b"\n"
-    prompt_tokens = jnp.asarray(np.frombuffer(prompt, np.uint8).astype(np.int32))[None]
+    prompt_tokens = jnp.asarray(prompt_ids[-max_len:])[None]
     cache = init_cache(decode_module, 1, max_len)
     tokens = _generate(
         decode_module, params, cache, prompt_tokens, rng, length=length, temperature=float(temperature), top_k=int(top_k)
     )
-    return bytes(np.asarray(tokens[0], dtype=np.uint8).tolist())
+    return np.asarray(tokens[0], np.int32)
+
+
+def generate(decode_module: nn.Module, params, prompt: bytes, length: int, **kwargs) -> bytes:
+    """Continues ``prompt`` by ``length`` bytes (a byte-level model); keywords as :func:`generate_tokens`."""
+    ids = np.frombuffer(prompt or b"\n", np.uint8)
+    return bytes(generate_tokens(decode_module, params, ids, length, **kwargs).astype(np.uint8).tolist())
+
+
+def generate_text(decode_module: nn.Module, params, prompt: str, length: int, *, tokenizer, **kwargs) -> str:
+    """The text ``length`` tokens continue ``prompt`` with, encoded and decoded by the run's ``tokenizer``
+    (train.data.tokenizer); keywords as :func:`generate_tokens`."""
+    prompt_ids = tokenizer.encode(prompt)
+    if not len(prompt_ids):
+        prompt_ids = tokenizer.encode("\n")
+    new_ids = generate_tokens(decode_module, params, prompt_ids, length, **kwargs)
+    # decoded after the prompt, so a piece's leading space or a character split across the
+    # boundary comes out as it would in the whole text
+    head = tokenizer.decode(prompt_ids)
+    whole = tokenizer.decode(np.concatenate([prompt_ids, new_ids]))
+    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(new_ids)

@@ -13,6 +13,10 @@ import dataclasses
 
 import numpy as np
 
+from train.data.dataset import Dataset
+from train.data.errors import DataError
+from train.data.pipeline import EvalBatches, array_stream
+
 CAMERA_RADIUS = 4.0  # every shape lies within 1.5 of the origin: [near, far] = [2.5, 5.5] covers it
 FIELD_OF_VIEW_DEGREES = 40.0
 BACKGROUND = 1.0  # white, what the model composites behind its samples (model.background)
@@ -134,8 +138,6 @@ def render_views(num_views: int, seed: int, size: int) -> SceneViews:
 
 def build_nerf_dataset(config, shard: int, num_shards: int):
     """Train on random rays of the training views; evaluate on every ray of the held-out views."""
-    from train.data import ArrayIterator, Dataset, DataError, padded_eval_batches
-
     t, d = config.train, config.data
     if d.path:
         raise DataError(f"nerf trains on the procedural scene only; data.path is not supported (got {d.path!r})")
@@ -146,9 +148,10 @@ def build_nerf_dataset(config, shard: int, num_shards: int):
     # one-hot view of each held-out ray, so the evaluation can also report per-view PSNR
     view_onehot = np.repeat(np.eye(NUM_HELD_OUT_VIEWS, dtype=np.float32), size * size, axis=0)
     return Dataset(
-        train=ArrayIterator({"rays": train_rays, "rgb": train_rgb}, t.batch_size, config.seed, shard=shard, num_shards=num_shards),
-        eval_batches=padded_eval_batches({"rays": eval_rays, "rgb": held_out.images.reshape(-1, 3), "view_onehot": view_onehot},
-                                         t.batch_size, t.eval_batches),
+        train=array_stream({"rays": train_rays, "rgb": train_rgb}, t.batch_size, config.seed, shard=shard, num_shards=num_shards,
+                           workers=d.workers, prefetch=d.prefetch),
+        eval_batches=EvalBatches.of_arrays({"rays": eval_rays, "rgb": held_out.images.reshape(-1, 3), "view_onehot": view_onehot},
+                                           t.batch_size, t.eval_batches),
         example_input=train_rays[:1],
         source="procedural scene (train/scene.py)",
         description=f"{NUM_TRAIN_VIEWS} train / {NUM_HELD_OUT_VIEWS} held-out views of {size}x{size} "
