@@ -20,6 +20,7 @@ SUITES: dict[str, str] = {
     "parallel": "bench.parallel",
     "nas": "bench.nas",
     "infer": "bench.infer",
+    "data": "bench.data",
 }
 ALL = "all"
 

@@ -1,10 +1,11 @@
-"""python -m launch.benchmark [--suite=train|compile|infer|nas|parallel|all] [--out=FILE.json] [--repeats=N] [--tiny]
+"""python -m launch.benchmark [--suite=train|compile|infer|nas|parallel|data|all] [--out=FILE.json] [--repeats=N] [--tiny]
 
 Suites: train (step time, throughput and MFU of the transformer, CNN, ResNet-18), compile
 (transformer compile time at 2/4/8/12 layers, scan over layers vs unrolled), infer (latency per
 export backend), nas (vmap-ed population vs a Python loop), parallel (2-device data-parallel
-step vs 1). ``--tiny`` runs the train and compile suites on seconds-sized shapes (smoke test;
-the figures mean nothing).
+step vs 1), data (each input pipeline's examples/s or tokens/s next to the train step's
+consumption; the pipeline must be >= 3x the step). ``--tiny`` runs the train, compile and data
+suites on seconds-sized shapes (smoke test; the figures mean nothing).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m launch.benchmark",
         description="Measure the machine and the chosen suites; print a markdown table and write the JSON report. "
         "Suites: train (step time, throughput, MFU), compile (compile time vs depth, scan vs unrolled), "
-        "infer (latency per export backend), nas (vmap-ed population vs loop), parallel (2-device step vs 1).",
+        "infer (latency per export backend), nas (vmap-ed population vs loop), parallel (2-device step vs 1), "
+        "data (input pipeline rate vs train-step consumption).",
     )
     parser.add_argument("--suite", default="all", help=f"one of: {', '.join(suite_names())} (default all: every suite)")
     parser.add_argument("--out", default="benchmark.json", help="JSON report path (default benchmark.json)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions per measurement: train steps, or compiles per depth for compile (default: each suite's own)")
     parser.add_argument("--tiny", action="store_true",
-                        help="seconds-sized shapes to check the benchmark runs (train and compile suites only; figures are meaningless)")
+                        help="seconds-sized shapes to check the benchmark runs (train, compile and data suites only; figures are meaningless)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.repeats is not None and args.repeats < 1:
         fail(f"--repeats must be >= 1, got {args.repeats}")

@@ -404,4 +404,6 @@ def hazy_stream(clean: np.ndarray, batch_size: int, seed: int, *, shard: int = 0
         transmission, airlight = (local_rows(a, shard, num_shards) for a in haze_parameters(rng, batch_size, height, width, channels))
         return {"inputs": apply_haze(targets, transmission, airlight), "targets": targets}
 
-    return TrainStream(batch_fn, name=f"hazed images: {len(clean):,}", workers=workers, prefetch=prefetch)
+    stream = TrainStream(batch_fn, name=f"hazed images: {len(clean):,}", workers=workers, prefetch=prefetch)
+    stream.size = len(clean)
+    return stream

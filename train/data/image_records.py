@@ -112,23 +112,24 @@ def streamed_classification_dataset(config, shard: int, num_shards: int) -> Data
                         f"set --config.model.num_classes={len(class_names)}")
     num_classes = config.model.get("num_classes", num_classes)
     plain = ImageReader(train, d.image_size, num_classes, where=d.path)
-    sample = plain(np.arange(min(len(train), _STATISTICS_SAMPLE)))["inputs"]
     mean = std = None
     normalization = ""
-    if wants_normalization(d, True):
+    if wants_normalization(d, True):  # the only up-front read: a sample of the (fixed-order) training images
+        sample = plain(np.arange(min(len(train), _STATISTICS_SAMPLE)))["inputs"]
         mean, std = channel_statistics(sample)
         normalization = f"; normalised per channel ({describe_statistics(mean, std)} of {len(sample):,} training images)"
     read = lambda source: ImageReader(source, d.image_size, num_classes, mean, std, where=d.path)
     test_batches = EvalBatches(read(test), len(test), t.batch_size)
     eval_batches = EvalBatches(read(validation), len(validation), t.batch_size, t.eval_batches) if validation else \
         EvalBatches(read(test), len(test), t.batch_size, t.eval_batches)
-    shape = f"images of {sample.shape[1:]}, {num_classes} classes"
+    example = read(train)(np.arange(1))["inputs"]
+    shape = f"images of {example.shape[1:]}, {num_classes} classes"
     counts = f"{len(train):,} train / " + (f"{len(validation):,} validation / " if validation else "") + f"{len(test):,} test"
     return Dataset(
         train=record_stream(read(train), len(train), t.batch_size, config.seed, shard=shard, num_shards=num_shards,
                             name=f"{fmt} {d.path}", workers=d.workers, prefetch=d.prefetch),
         eval_batches=eval_batches,
-        example_input=read(train)(np.arange(1))["inputs"],
+        example_input=example,
         source=f"{fmt} at {d.path} ({test_note})",
         description=f"{counts} {shape}, decoded in the pipeline{normalization}",
         num_classes=num_classes,

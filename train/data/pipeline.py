@@ -80,6 +80,7 @@ class TrainStream:
         self.workers, self.prefetch = workers, prefetch
         self._batches = grain.MapDataset.range(_ENDLESS).map(batch_fn)
         self._batch_fn = batch_fn
+        self.size: int | None = None  # records per epoch, where the stream has epochs (record_stream)
         self.position = 0
         self._iterator = None
 
@@ -198,13 +199,17 @@ def record_stream(read_rows: Callable[[np.ndarray], dict], size: int, batch_size
     if batch_size % num_shards:
         raise DataError(f"train.batch_size={batch_size} is not divisible by {num_shards} processes")
     order = EpochPermutation(size, batch_size, seed)
-    return TrainStream(lambda position: read_rows(local_rows(order(position), shard, num_shards)),
-                       name=f"{name}: {size:,} records", workers=workers, prefetch=prefetch)
+    stream = TrainStream(lambda position: read_rows(local_rows(order(position), shard, num_shards)),
+                         name=f"{name}: {size:,} records", workers=workers, prefetch=prefetch)
+    stream.size = size  # records per epoch
+    return stream
 
 
 def array_stream(arrays: dict[str, np.ndarray], batch_size: int, seed: int, *, shard: int = 0, num_shards: int = 1,
                  workers: int = 0, prefetch: int = 2) -> TrainStream:
     """:func:`record_stream` over aligned in-memory arrays (images and labels, rays and colours)."""
     size = len(next(iter(arrays.values())))
-    return record_stream(lambda rows: {name: array[rows] for name, array in arrays.items()}, size, batch_size, seed,
-                         shard=shard, num_shards=num_shards, name="arrays", workers=workers, prefetch=prefetch)
+    stream = record_stream(lambda rows: {name: array[rows] for name, array in arrays.items()}, size, batch_size, seed,
+                           shard=shard, num_shards=num_shards, name="arrays", workers=workers, prefetch=prefetch)
+    stream.arrays = arrays  # what it reads (for inspection; the stream never copies them)
+    return stream
