@@ -40,7 +40,7 @@ RUNS = "runs/notebooks/gan_and_nerf" + ("_smoke" if SMOKE else "")
 # %% [markdown]
 # ## 1. GAN: samples over training
 #
-# The digits defaults (`train/config.py`: 3,000 steps) take too long for a notebook on this CPU; a
+# The digits defaults (`configs/gan.py:digits`: 3,000 steps) take too long for a notebook on this CPU; a
 # few hundred steps already turn noise into digit strokes. `stop_at_step` ends a call of
 # `train_and_evaluate` after saving a checkpoint, as a preemption would, and the next call with the
 # same workdir resumes exactly there, so training in stages is the same run as training at once.

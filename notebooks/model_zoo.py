@@ -41,7 +41,7 @@ WORKDIR = "runs/notebooks/model_zoo/cnn" + ("_smoke" if SMOKE else "")
 #
 # One row per `--model=` name: the flax module its factory builds from the default config, the task
 # (loss, metrics and data pipeline in `train/tasks.py`) and the default `data.dataset` it trains on
-# offline (`images` is scikit-learn's digits, `corpus` the stdlib's pydoc topics; see `train/data.py`).
+# offline (`images` is scikit-learn's digits, `corpus` the stdlib's pydoc topics; see `train/data/`).
 
 # %%
 from arch import MODELS
