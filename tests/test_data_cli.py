@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 
+import grain
 import numpy as np
 import pytest
 
@@ -60,9 +61,9 @@ def test_a_corrupt_record_met_while_training_stops_the_run_and_keeps_the_checkpo
     path = tmp_path / "toy-train.tfrecord"
     _records(path, 1200)
     # The record the 31st step reads first: the fixed split order (image_records._SPLIT_SEED, the last
-    # 80 % train: cnn's val_fraction is 0.2), then epoch 0's permutation of the 960 training records.
+    # 80 % train: cnn's val_fraction is 0.2), then grain's shuffle (seed 0) of the 960 training records.
     train_records = np.random.default_rng(20_240_601).permutation(1200)[240:]
-    bad = int(train_records[np.random.default_rng([0, 0]).permutation(960)[30 * 16]])
+    bad = int(train_records[grain.MapDataset.range(960).shuffle(seed=0)[30 * 16]])
     _corrupt_payload(path, bad)  # with normalisation off nothing is read up front but one example: it is met in training
     proc = _train(*IMAGE_FLAGS, f"--workdir={tmp_path / 'w'}", f"--config.data.path={path}", "--config.train.steps=200",
                   "--config.checkpoint.every=5", "--config.train.log_every=5", "--config.data.normalize=off")

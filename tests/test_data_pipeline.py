@@ -174,3 +174,15 @@ def test_decode_happens_in_the_pipeline_not_up_front(tmp_path, monkeypatch):
     assert built < 64  # the 1-image example input and the 51-image statistics sample at most
     data.train.batch_at(0)
     assert len(calls) == built + 8  # one batch decodes its 8 records
+
+
+def test_grain_shuffle_order_covers_each_epoch_and_any_process_count_sees_the_same_global_batch():
+    from train.data.pipeline import GrainShuffleOrder, record_stream
+
+    order = GrainShuffleOrder(24, 6, seed=5)
+    epochs = [np.concatenate([order(p) for p in range(e * 4, e * 4 + 4)]) for e in range(2)]
+    assert all(sorted(e.tolist()) == list(range(24)) for e in epochs) and not np.array_equal(*epochs)
+    read = lambda rows: {"i": np.asarray(rows)}
+    whole = record_stream(read, 24, 6, seed=5, shuffle="grain").batch_at(7)["i"]
+    halves = [record_stream(read, 24, 6, seed=5, shard=s, num_shards=2, shuffle="grain").batch_at(7)["i"] for s in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(halves), whole)

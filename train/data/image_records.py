@@ -127,7 +127,7 @@ def streamed_classification_dataset(config, shard: int, num_shards: int) -> Data
     counts = f"{len(train):,} train / " + (f"{len(validation):,} validation / " if validation else "") + f"{len(test):,} test"
     return Dataset(
         train=record_stream(read(train), len(train), t.batch_size, config.seed, shard=shard, num_shards=num_shards,
-                            name=f"{fmt} {d.path}", workers=d.workers, prefetch=d.prefetch),
+                            name=f"{fmt} {d.path}", workers=d.workers, prefetch=d.prefetch, shuffle="grain"),
         eval_batches=eval_batches,
         example_input=example,
         source=f"{fmt} at {d.path} ({test_note})",

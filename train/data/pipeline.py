@@ -2,17 +2,19 @@
 
 Every dataset's training batches come from one grain ``MapDataset``: ``range(positions)`` mapped
 by the dataset's ``batch_fn(position) -> dict of numpy arrays``. ``batch_fn`` is a pure function of
-(seed, position): it draws the global batch's record indices (a per-epoch permutation of the
-records, :func:`epoch_rows`, or random windows of a token stream, :func:`random_starts`) and
-reads only this process's rows of them from a random-access source. grain supplies the rest:
+(seed, position): it draws the global batch's record indices and reads only this process's rows
+of them from a random-access source. The indices come from grain's own index shuffle for the
+streamed sources (:class:`GrainShuffleOrder`, O(1) memory), from a cached per-epoch permutation
+for in-memory arrays (:class:`EpochPermutation`, the order the README's figures were measured
+with), or as random window starts for text (:func:`random_starts`). grain supplies the rest:
 read-ahead threads (``data.prefetch``), worker processes (``data.workers``, ``mp_prefetch``) and
 the iterator state that the checkpoint stores next to the train state.
 
-Why the indices are drawn here rather than by ``MapDataset.shuffle`` over ``ds[process::count]``:
-a process-sliced shuffle makes the order depend on the number of processes, so a run resumed on
-another topology (the checkpoints reshard) would see different data. Drawing the *global* batch
-and reading this process's rows keeps the order the same for 1 or N hosts, and resuming is exact
-for any topology: the state is the position.
+Why the global batch is drawn rather than ``ds[process::count].shuffle(seed)``: a process-sliced
+shuffle makes the order depend on the number of processes, so a run resumed on another topology
+(the checkpoints reshard) would see different data. Drawing the *global* batch and reading this
+process's rows keeps the order the same for 1 or N hosts, and resuming is exact for any
+topology: the state is the position.
 """
 
 from __future__ import annotations
@@ -59,6 +61,23 @@ class EpochPermutation:
 
     def __getstate__(self):  # worker processes rebuild the cache themselves
         return {**self.__dict__, "_cache": {}}
+
+
+class GrainShuffleOrder:
+    """Record indices of global batch ``position`` from grain's own index shuffle
+    (``MapDataset.range(size).shuffle(seed).repeat()``: O(1) memory for any number of records, a
+    new order every epoch, batches running on across epoch ends). Used by the streamed sources,
+    which may hold more records than a cached permutation should."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        if size < batch_size:
+            raise DataError(f"{size:,} training examples are fewer than train.batch_size={batch_size}")
+        self.size, self.batch_size = size, batch_size
+        self._order = grain.MapDataset.range(size).shuffle(seed=seed).repeat(None)
+
+    def __call__(self, position: int) -> np.ndarray:
+        start = int(position) * self.batch_size
+        return np.fromiter((self._order[i] for i in range(start, start + self.batch_size)), np.int64, self.batch_size)
 
 
 def random_starts(seed: int, position: int, batch_size: int, count: int) -> np.ndarray:
@@ -193,12 +212,14 @@ class EvalBatches:
 
 
 def record_stream(read_rows: Callable[[np.ndarray], dict], size: int, batch_size: int, seed: int, *, shard: int = 0,
-                  num_shards: int = 1, name: str = "records", workers: int = 0, prefetch: int = 2) -> TrainStream:
-    """Shuffled batches of ``size`` records (a new order every epoch, :class:`EpochPermutation`);
-    this process reads only its rows of each global batch through ``read_rows(indices) -> dict``."""
+                  num_shards: int = 1, name: str = "records", workers: int = 0, prefetch: int = 2,
+                  shuffle: str = "permutation") -> TrainStream:
+    """Shuffled batches of ``size`` records, a new order every epoch (``shuffle``: "permutation",
+    :class:`EpochPermutation`, or "grain", :class:`GrainShuffleOrder`); this process reads only its
+    rows of each global batch through ``read_rows(indices) -> dict``."""
     if batch_size % num_shards:
         raise DataError(f"train.batch_size={batch_size} is not divisible by {num_shards} processes")
-    order = EpochPermutation(size, batch_size, seed)
+    order = (GrainShuffleOrder if shuffle == "grain" else EpochPermutation)(size, batch_size, seed)
     stream = TrainStream(lambda position: read_rows(local_rows(order(position), shard, num_shards)),
                          name=f"{name}: {size:,} records", workers=workers, prefetch=prefetch)
     stream.size = size  # records per epoch
