@@ -186,3 +186,11 @@ def test_grain_shuffle_order_covers_each_epoch_and_any_process_count_sees_the_sa
     whole = record_stream(read, 24, 6, seed=5, shuffle="grain").batch_at(7)["i"]
     halves = [record_stream(read, 24, 6, seed=5, shard=s, num_shards=2, shuffle="grain").batch_at(7)["i"] for s in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(halves), whole)
+
+
+def test_sample_top_k_is_checked_against_the_models_vocabulary():
+    from train.config import ConfigError
+
+    assert tiny_config("transformer", model__vocab_size="1024", sample__top_k="500").sample.top_k == 500
+    with pytest.raises(ConfigError, match=r"sample.top_k must be in \[0, 1024\]"):
+        tiny_config("transformer", model__vocab_size="1024", sample__top_k="2000")

@@ -316,7 +316,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for module in (prune, regularize, augment, early_stopping, distill):
         checks += [(False, message) for message in module.config_problems(config.train)]
     if "sample" in config:
-        checks += sample_problems(config.sample)
+        checks += sample_problems(config.sample, config.model.get("vocab_size", 256))
         if config.model.get("positional") == "learned":
             prompt_len = min(len(config.sample.prompt.encode("utf-8", errors="surrogatepass")), config.model.max_len)
             checks.append((prompt_len + config.sample.length <= config.model.max_len,
@@ -337,13 +337,13 @@ def _leaves(tree: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
-def sample_problems(s: ml_collections.ConfigDict) -> list[tuple[bool, str]]:
+def sample_problems(s: ml_collections.ConfigDict, vocab_size: int = 256) -> list[tuple[bool, str]]:
     """Checks of the ``sample`` section (the text drawn at the end of an LM run), so a bad value is
     refused before training rather than after it."""
     return [
         (s.length >= 1, f"sample.length must be >= 1 (got {s.length})"),
         (s.temperature >= 0, f"sample.temperature must be >= 0, 0 = greedy (got {s.temperature})"),
-        (0 <= s.top_k <= 256, f"sample.top_k must be in [0, 256], 0 = all bytes (got {s.top_k})"),
+        (0 <= s.top_k <= vocab_size, f"sample.top_k must be in [0, {vocab_size}] (model.vocab_size), 0 = all tokens (got {s.top_k})"),
         (_is_utf8(s.prompt), f"sample.prompt {s.prompt!r} is not valid UTF-8 text"),
     ]
 
