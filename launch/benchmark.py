@@ -11,6 +11,7 @@ suites on seconds-sized shapes (smoke test; the figures mean nothing).
 from __future__ import annotations
 
 import sys
+import time
 
 from launch.cli import OneLineParser, fail, quiet_logs
 
@@ -71,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("measuring peak matmul FLOP/s ...", file=sys.stderr, flush=True)
         results = {"machine": machine_info(peak_sizes=(128,), peak_repeats=2) if args.tiny else machine_info()}
-        for name in suites:
-            print(f"running suite {name} ...", file=sys.stderr, flush=True)
+        started = time.time()
+        for index, name in enumerate(suites, 1):
+            print(f"[{index}/{len(suites)}] running suite {name} ...", file=sys.stderr, flush=True)
+            suite_started = time.time()
             results[name] = run_suite(name, args.repeats, tiny=args.tiny, machine=results["machine"])
+            print(f"[{index}/{len(suites)}] suite {name} done in {time.time() - suite_started:.0f} s "
+                  f"({time.time() - started:.0f} s in all)", file=sys.stderr, flush=True)
     except (BenchmarkError, ConfigError, DataError, MeshError) as e:
         fail(str(e))
     print(markdown(results))

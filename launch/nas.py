@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coordinator", default="", help="with --config.parallel.distributed=explicit: process 0's HOST:PORT (or JAX_COORDINATOR_ADDRESS)")
     parser.add_argument("--num_processes", type=int, default=None, help="with distributed=explicit: how many processes (or JAX_NUM_PROCESSES)")
     parser.add_argument("--process_id", type=int, default=None, help="with distributed=explicit: this process's index, 0-based (or JAX_PROCESS_ID)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars (cluster logs): one line per strategy and seed")
     args = parser.parse_args(flags)
     try:
         config = apply_nas_overrides(nas_config(), overrides)
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         if not started.startswith("single"):
             print(f"jax.distributed: {started}", flush=True)
         workdir = check_workdir(workdir)
-        summary = run_strategies(config, strategies, workdir)
+        summary = run_strategies(config, strategies, workdir, progress=not args.no_progress)
     except (SearchError, WorkdirError, MeshError) as e:
         fail(str(e))
     import jax

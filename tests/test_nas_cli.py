@@ -145,3 +145,17 @@ def test_two_processes_share_one_population_and_match_one_process(tmp_path):
     two_rows, one_rows = (_rows(tmp_path / w / "random" / "seed_0" / "history.jsonl") for w in ("two", "one"))
     assert [g for g, _ in two_rows] == [g for g, _ in one_rows] and len(one_rows) == 8
     np.testing.assert_allclose([s for _, s in two_rows], [s for _, s in one_rows], atol=100 / 288 + 1e-6)
+
+
+def test_search_shows_progress_per_member_batch_unless_no_progress(tmp_path):
+    from train.nas.benchmark_table import generate_table
+
+    table = str(tmp_path / "table.csv")
+    generate_table(table)
+    flags = ["--strategy=evolution", "--config.scorer.kind=table", f"--config.scorer.table={table}", "--config.search.budget=40"]
+    shown = _nas(*flags, f"--workdir={tmp_path / 'a'}")
+    assert shown.returncode == 0, shown.stderr
+    frames = shown.stdout.replace("\r", "\n")
+    assert "evolution seed 0:" in frames and "40/40" in frames and "cell/s" in frames and "best=" in frames
+    quiet = _nas(*flags, f"--workdir={tmp_path / 'b'}", "--no_progress")
+    assert quiet.returncode == 0 and "cell/s" not in quiet.stdout and "best:" in quiet.stdout

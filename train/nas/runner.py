@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
 
 from arch.search_space import (NUM_EDGES, NUM_OPS, OPS, CellSpace, DenseSpace, GenotypeError, HyperparameterSpace,
                                genotype_from_string, genotype_to_string, op_frequencies)
@@ -328,14 +330,26 @@ def _writes_files() -> bool:
     return jax.process_index() == 0
 
 
-def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, max_cycles: int | None = None, echo=print):
-    """One strategy, one seed, resumable: returns its final strategy state and trimmed History."""
+def search_progress(strategy: str, seed: int, target: int, done: int, scores, *, enabled: bool) -> tqdm:
+    """A bar of cells scored out of ``target`` for one strategy and seed, with the best score so far and
+    tqdm's ETA (process 0 only; ``enabled`` False for cluster logs)."""
+    bar = tqdm(total=target, initial=done, desc=f"{strategy} seed {seed}", unit="cell", dynamic_ncols=True, mininterval=0.5,
+               disable=not (enabled and _writes_files()), file=sys.stdout)
+    if len(scores):
+        bar.set_postfix(best=f"{np.nanmax(scores):.2f}")
+    return bar
+
+
+def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, max_cycles: int | None = None, echo=print,
+            progress: bool = False):
+    """One strategy, one seed, resumable: returns its final strategy state and trimmed History.
+    ``progress``: a bar per member batch scored (cells scored, best so far, ETA)."""
     run_dir = os.path.join(os.path.abspath(workdir), strategy, f"seed_{seed}")
     os.makedirs(run_dir, exist_ok=True)
     history_path = os.path.join(run_dir, "history.jsonl")
     budget = config.search.budget
     manager = _checkpointer(os.path.join(run_dir, "checkpoints"))
-    state = None
+    state, bar = None, None
     try:
         if manager.latest_step() is not None:
             target = init_search(strategy, scorer.space.num_choices, budget, config, seed)
@@ -346,6 +360,8 @@ def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, m
         if _writes_files():
             _write_rows(history_path, rows)  # drop rows of a cycle whose checkpoint was never written
         cycle_start = [time.time()]
+        target = min(budget, num_codes(scorer.space.num_choices)) if strategy == "grid" else budget
+        bar = search_progress(strategy, seed, target, len(rows), [r["score"] for r in rows], enabled=progress)
 
         def hook(new_state, codes, scores):
             cost = (time.time() - cycle_start[0]) / max(len(scores), 1)
@@ -355,16 +371,22 @@ def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, m
                 _write_rows(history_path, rows)
             manager.save(len(rows), args=ocp.args.StandardSave(new_state), force=True)
             cycle_start[0] = time.time()
+            bar.update(len(scores))
+            bar.set_postfix(best=f"{max(r['score'] for r in rows):.2f}")
 
         state, history = run_search(strategy, scorer.score_fn, scorer.space.num_choices, budget, config, seed, state=state, hook=hook,
                                     max_cycles=max_cycles)
     finally:
+        if bar is not None:
+            bar.close()
         manager.close()
     return state, history
 
 
-def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: int | None = None, echo=print) -> dict:
-    """Every strategy x seed (resuming any that stopped), then best.json, comparison.json and plots."""
+def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: int | None = None, echo=print,
+                   progress: bool = False) -> dict:
+    """Every strategy x seed (resuming any that stopped), then best.json, comparison.json and plots;
+    ``progress`` shows a bar per strategy and seed."""
     workdir = os.path.abspath(workdir)  # orbax wants absolute paths; notebooks pass relative ones
     check_same_space(config, workdir)
     scorer = Scorer(config)
@@ -376,7 +398,7 @@ def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: i
     for strategy in strategies:
         for seed in range(config.seed, config.seed + config.search.seeds):
             started = time.time()
-            state, history = run_one(strategy, seed, config, scorer, workdir, max_cycles=max_cycles, echo=echo)
+            state, history = run_one(strategy, seed, config, scorer, workdir, max_cycles=max_cycles, echo=echo, progress=progress)
             codes, scores = history.filled
             if len(scores) < min(config.search.budget, num_codes(scorer.space.num_choices) if strategy == "grid" else config.search.budget):
                 echo(f"{strategy} seed {seed}: stopped after {len(scores)} evaluations (max_cycles); run again to resume")
