@@ -296,7 +296,8 @@ class _ExampleSource:
         return f"{self.paths[file]}: record {local}"
 
     def _example(self, index) -> tuple[bytes, str]:
-        raise NotImplementedError
+        """(the serialized Example of record ``index``, where it is): each format's reader supplies this."""
+        raise NotImplementedError(f"{type(self).__name__} reads no records itself; use TFRecordSource or ArrayRecordSource")
 
     def _features(self, index, keys=None) -> tuple[dict, str]:
         data, where = self._example(index)
