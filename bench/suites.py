@@ -9,8 +9,10 @@ rejected before jax starts. A new suite is one module + one line.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import os
 
 from bench import BenchmarkError
 
@@ -60,3 +62,25 @@ def run_suite(name: str, repeats: int | None = None, *, tiny: bool = False, mach
 
 def markdown_table(name: str, result: dict) -> list[str]:
     return suite_module(name).markdown_table(result)
+
+
+def check_profile_dir(directory: str) -> None:
+    """``--profile=DIR`` must be a directory that can be created or written (checked before any suite runs)."""
+    full = os.path.abspath(directory)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise BenchmarkError(f"--profile {directory!r} is a file; give a directory (e.g. runs/bench/tensorboard)")
+    existing = full
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BenchmarkError(f"--profile {directory!r} is not writable")
+
+
+def profiled(directory: str | None):
+    """A ``jax.profiler`` trace of what runs inside into ``directory`` (``tensorboard --logdir DIR``,
+    Profile tab); nothing when ``directory`` is empty."""
+    if not directory:
+        return contextlib.nullcontext()
+    import jax
+
+    return jax.profiler.trace(directory)

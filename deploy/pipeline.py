@@ -42,6 +42,22 @@ def parse_formats(spec: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def supported_formats() -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the formats this machine can export, {format: what it lacks} for the others): SavedModel
+    needs tensorflow; ONNX jax2onnx, onnx and onnxruntime; TensorRT its package and an NVIDIA GPU."""
+    import importlib.util
+
+    from deploy.tensorrt_engine import tensorrt_missing
+
+    needs = {"saved_model": ("tensorflow",), "onnx": ("jax2onnx", "onnx", "onnxruntime")}
+    missing = {name: " and ".join(f"the {p} package" for p in packages if importlib.util.find_spec(p) is None)
+               for name, packages in needs.items()}
+    missing["tensorrt"] = tensorrt_missing() or ""
+    if missing["onnx"] and not missing["tensorrt"]:
+        missing["tensorrt"] = "the ONNX export it is built from"
+    return tuple(name for name in FORMATS if not missing[name]), {name: why for name, why in missing.items() if why}
+
+
 def parse_batches(spec: str) -> tuple[int, int, int]:
     """``"1,8,32"`` -> (min, opt, max); one or two numbers are accepted (``"8"``, ``"1,32"``)."""
     try:
@@ -126,6 +142,7 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
     _write_report(report, out, started)
     report["table"] = parity_table(records)
     report["parity"] = records
+    _write_summary(report, records, out)
     raise_on_failure(records)  # after the report is on disk
     return report
 
@@ -152,6 +169,15 @@ def _tensorrt(model: InferenceModel, onnx_path, out, batches, precisions, refere
         artifacts[name] = {"path": engine_path, "tensorrt": trt.__version__, "profile": list(batches)}
         records.append(check_parity(name, runner, reference, inputs, "float16" if precision == "fp16" else _precision(model)))
     return records
+
+
+def _write_summary(report: dict, records: list[dict], out: str) -> None:
+    """The export's inputs, parity errors and table into ``OUT/tensorboard`` (the run's TensorBoard writer)."""
+    from train.summary_writer import write_run_summary
+
+    config = {k: report[k] for k in ("model", "step", "workdir", "out", "batches", "input", "outputs")}
+    scalars = {f"{r['format']}_{m}": r[m] for r in records for m in ("max_abs", "max_rel") if isinstance(r.get(m), (int, float))}
+    write_run_summary(out, config, step=report["step"], scalars=scalars, prefix="export", text={"parity": "\n".join(report["table"])})
 
 
 def _write_report(report: dict, out: str, started: float) -> None:

@@ -8,8 +8,23 @@ import os
 import sys
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with every flag's default (unless its help already names it) and the epilog as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default in (None, argparse.SUPPRESS) or action.nargs == 0
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line and exits 2."""
+    """argparse that reports a bad flag in one line and exits 2; its ``--help`` shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
@@ -70,6 +85,16 @@ def fail(message: str, code: int = 2) -> None:
     sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
     sys.exit(code)
+
+
+def check_platform() -> None:
+    """One line and exit 2 when JAX_PLATFORMS asks for an accelerator whose jax plugin is missing
+    (jax itself fails later with a bare AssertionError)."""
+    from train.platforms import missing_platform_plugin
+
+    problem = missing_platform_plugin()
+    if problem:
+        fail(problem)
 
 
 def quiet_logs() -> None:

@@ -1,6 +1,8 @@
 """python -m launch.export --workdir=RUN [--formats=saved_model,onnx,tensorrt] [--out=DIR] [--batch=1,8,32]
 
-Exit status: 0 every requested format written and within tolerance; 2 bad input (no run or
+Without --formats every format this machine can export is written (TensorRT only with its package
+and an NVIDIA GPU; the others' absence is one note line). Exit status: 0 every requested format
+written and within tolerance; 2 bad input (no run or
 checkpoint, unknown format, bad --batch, a model jax2onnx cannot convert, an output directory that
 cannot be written); 1 a format over its parity tolerance or with NaN/inf outputs, or a model whose
 own JAX outputs are NaN/inf (named on the one error line; the report is still written); 3 the other
@@ -16,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from launch.cli import OneLineParser, fail, quiet_logs
+from launch.cli import OneLineParser, check_platform, fail, quiet_logs
 
 TENSORRT_SKIPPED = 3
 
@@ -27,10 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Export a training run's latest checkpoint to TF SavedModel (jax2tf), ONNX (jax2onnx) and TensorRT, "
                     "each checked against JAX on a fixed seeded batch at two batch sizes (OUT/export_report.json).",
         epilog="exit status: 0 ok, 1 a format over its parity tolerance or NaN/inf outputs, 2 bad input, "
-               "3 TensorRT skipped (no package/GPU), others ok",
+               "3 TensorRT asked for in --formats but skipped (no package/GPU), others ok",
     )
     parser.add_argument("--workdir", required=True, help="a run directory written by launch.train")
-    parser.add_argument("--formats", default="saved_model,onnx,tensorrt", help="comma-separated: saved_model, onnx, tensorrt")
+    parser.add_argument("--formats", default=None, help="comma-separated: saved_model, onnx, tensorrt (default: every format "
+                        "this machine can export; TensorRT only with its package and an NVIDIA GPU)")
     parser.add_argument("--out", default=None, help="output directory (default WORKDIR/export; required when the workdir is "
                                                       "not writable); artifacts are replaced atomically")
     parser.add_argument("--batch", default="1,8,32", help="min,opt,max batch: TensorRT's profile; parity runs at min and max")
@@ -39,10 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     from deploy import ExportError, ParityError
-    from deploy.pipeline import export_run, parse_batches, parse_formats, parse_precisions
+    from deploy.pipeline import export_run, parse_batches, parse_formats, parse_precisions, supported_formats
 
     try:
-        formats = parse_formats(args.formats)
+        if args.formats is None:
+            formats, lacking = supported_formats()
+            note = f"exporting {', '.join(formats)}; not {', '.join(f'{k} (needs {v})' for k, v in lacking.items())}" if lacking else ""
+            if not formats:
+                raise ExportError(f"this machine can export no format ({'; '.join(f'{k}: needs {v}' for k, v in lacking.items())}); "
+                                  "pip install -e '.[export]'")
+        else:
+            formats, note = parse_formats(args.formats), ""
         batches = parse_batches(args.batch)
         precisions = parse_precisions(args.precision)
     except ExportError as e:
@@ -57,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out and not _writable(args.out):
         fail(f"--out {args.out!r} is not writable")
 
+    check_platform()
     quiet_logs()
     import logging
 
@@ -76,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for name, results in report["infer"].items():
             print("\n".join(["", *latency_table(name, results)]))
+    if note:  # after the work, so a failure above stays one line
+        print(note, file=sys.stderr)
     print(f"wrote {os.path.join(report['out'], 'export_report.json')}", file=sys.stderr)
     trt = report["formats"].get("tensorrt", {})
     if trt.get("status") == "skipped":

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from launch.cli import OneLineParser, describe_config, fail, quiet_logs, split_config_overrides
+from launch.cli import HelpFormatter, OneLineParser, describe_config, fail, quiet_logs, split_config_overrides
 
 STRATEGY_CHOICES = ("evolution", "reinforce", "random", "grid", "all")
 
@@ -21,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
                     "one cell (hparams): each strategy scores whole batches of members (a vmap-ed population trained in one jit, "
                     "synflow, or a table lookup). The same workdir again resumes.",
         epilog="config overrides (name=default):\n" + "\n".join(describe_config(nas_config())),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--strategy", required=True, choices=STRATEGY_CHOICES,
                         help=f"search strategy; all = {', '.join(COMPARED)} over search.seeds seeds, compared")

@@ -7,16 +7,15 @@ the int8 model to DIR (default RUN/ptq_int8) as a normal workdir.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from launch.cli import OneLineParser, fail, quiet_logs
+from launch.cli import HelpFormatter, OneLineParser, fail, quiet_logs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="python -m launch.quantize", description=__doc__.split("\n\n", 1)[1],
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=HelpFormatter)
     parser.add_argument("--workdir", required=True, help="a run trained with python -m launch.train (float32, model.quant=none)")
     parser.add_argument("--calibration_batches", type=int, default=8, help="training batches that set the activation ranges (default 8)")
     parser.add_argument("--out", default=None, help="where the int8 model goes (default RUN/ptq_int8); must hold no checkpoints")

@@ -1,4 +1,4 @@
-"""python -m launch.sample --workdir=DIR --prompt="def " --length=200 [--temperature=0.8] [--top_k=0]
+"""python -m launch.sample --workdir=DIR --prompt="def " --length=200 [--temperature=0.8] [--top_k=0] [--top_p=0]
 
 Reads the workdir only (a read-only mount or another user's run works): the text goes to stdout,
 and nothing is written, created or renamed in DIR. The prompt is encoded and the output decoded
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=200, help="tokens to generate (bytes for a byte-level model)")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top_k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    parser.add_argument("--top_p", type=float, default=0.0, help="nucleus sampling: the likeliest tokens holding this probability (0 or 1 = all)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.length < 1:
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--temperature must be >= 0, got {args.temperature}")
     if args.top_k < 0:
         fail(f"--top_k must be >= 0 (0 = all tokens), got {args.top_k}")
+    if not 0.0 <= args.top_p <= 1.0:  # also refuses nan
+        fail(f"--top_p must be in [0, 1] (0 or 1 = all tokens), got {args.top_p}")
 
     quiet_logs()
     import jax
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         text = generate_text(
             spec.make_module(config.model, decode=True), params, args.prompt, args.length, tokenizer=tokenizer,
             max_len=config.model.max_len, rng=jax.random.PRNGKey(args.seed), temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p,
         )
     except CheckpointError as e:
         fail(str(e))

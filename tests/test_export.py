@@ -135,7 +135,7 @@ def exported_cnn(trained_cnn):
     out = trained_cnn.parent / "cnn_export"
     os.makedirs(out)
     (out / "model.onnx").write_bytes(b"an old artifact")  # replaced, never half-written
-    proc = run_cli("launch.export", f"--workdir={trained_cnn}", f"--out={out}", "--batch=1,4,6")
+    proc = run_cli("launch.export", f"--workdir={trained_cnn}", f"--out={out}", "--batch=1,4,6", "--formats=saved_model,onnx,tensorrt")
     return out, proc
 
 

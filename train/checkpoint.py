@@ -5,7 +5,8 @@ Every step is written by orbax (temporary directory, then an atomic rename) and 
 walks back from the newest step past any step that is truncated, fails its checksums, holds a
 non-finite value or a malformed data position, says so, and, once an older step restored, moves
 the unreadable ones aside (``<step>.unreadable``) rather than deleting them; if no step is intact
-it raises, touching nothing, instead of starting over. Readers (``read_only=True``: sample, export,
+it raises, touching nothing, instead of starting over. An intact step saved with other shapes than
+the config asks for is a config change, not damage: ``CheckpointConfigError``, touching nothing. Readers (``read_only=True``: sample, export,
 distillation, transfer) do the same walk but never write or rename anything. Restoring takes the
 target's shardings, so a checkpoint written on one mesh loads onto another.
 
@@ -17,6 +18,7 @@ earlier steps untouched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -38,6 +40,10 @@ CHECKSUMS = "archlab_checksums.json"
 
 class CheckpointError(RuntimeError):
     """No intact checkpoint where one was expected."""
+
+
+class CheckpointConfigError(CheckpointError):
+    """The checkpoints are intact but hold other shapes than this config's (a config change, not damage)."""
 
 
 class CheckpointWriteError(CheckpointError):
@@ -94,7 +100,7 @@ class Checkpointer:
         with self._write_errors(step):
             self._manager.save(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+                args=ocp.args.Composite(state=ocp.args.StandardSave(_saved_form(state)), data=ocp.args.JsonSave(data_state)),
                 force=True,
             )
         self._unsealed.append(step)
@@ -102,9 +108,9 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
         restored = self._manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(_saved_form(abstract_state)), data=ocp.args.JsonRestore()),
         )
-        return restored["state"], dict(restored["data"])
+        return type(abstract_state)(**restored["state"]), dict(restored["data"])
 
     def restore_latest(self, abstract_state: TrainState, notify=print, check_data=None) -> tuple[TrainState, dict, int] | None:
         """Newest intact (state, data_state, step), or None when there is no checkpoint at all.
@@ -118,7 +124,14 @@ class Checkpointer:
         unreadable, mismatches = [], []
         for step in reversed(steps):
             mismatch = self._incompatibility(step, abstract_state)
-            if mismatch:  # a different config, or metadata too damaged to match: don't read the arrays
+            if mismatch and not verify_checksums(os.path.join(self.directory, str(step))):
+                # Intact on disk but saved for other shapes: the config changed, nothing is damaged. Touch nothing.
+                raise CheckpointConfigError(
+                    f"checkpoint step {step} in {self.directory} was written with a different model/optimizer config "
+                    f"({mismatch}); this config differs from the one the run was trained with (its config.json): resume with "
+                    "--workdir alone to use that one, or train this one in another --workdir"
+                )
+            if mismatch:  # metadata damaged (checksums fail): don't read the arrays
                 mismatches.append((step, mismatch))
                 unreadable.append(step)
                 continue
@@ -150,13 +163,6 @@ class Checkpointer:
             elif unreadable:
                 notify(f"using step {step}, the newest intact one (read-only: the unreadable steps are left as they are)")
             return state, data_state, step
-        config_mismatches = [(step, why) for step, why in mismatches if not why.endswith("missing from the checkpoint")]
-        if config_mismatches:  # shapes differ, or the checkpoint has extra entries: not truncation
-            step, why = config_mismatches[0]
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} was written with a different model/optimizer config ({why}); "
-                "use the config it was trained with, or another --workdir"
-            )
         raise CheckpointError(
             f"no intact checkpoint in {self.directory} (tried steps {', '.join(map(str, reversed(steps)))}"
             + (f"; newest: {mismatches[0][1]}" if mismatches else "")
@@ -179,12 +185,13 @@ class Checkpointer:
         wanted = _shapes_by_path(abstract_state)
         if saved == wanted:
             return None
-        differing = sorted(k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k])
+        params_first = lambda k: (not k.startswith("params"), k)  # noqa: E731  (a param names the change better than its moments)
+        differing = sorted((k for k in saved.keys() & wanted.keys() if saved[k] != wanted[k]), key=params_first)
         if differing:
             key = differing[0]
             return f"{key} is {saved[key]} in the checkpoint but {wanted[key]} in this config"
-        key = sorted(saved.keys() ^ wanted.keys())[0]
-        return f"{key} is {'only in the checkpoint' if key in saved else 'missing from the checkpoint'}"
+        key = sorted(saved.keys() ^ wanted.keys(), key=params_first)[0]
+        return f"{key} is {'only in the checkpoint' if key in saved else 'in this config but not in the checkpoint'}"
 
     def _move_aside(self, step: int) -> None:
         src = os.path.join(self.directory, str(step))
@@ -370,6 +377,15 @@ def _shapes_by_path(tree) -> dict[str, tuple]:
     }
 
 
+def _saved_form(state: TrainState) -> dict:
+    """The state as orbax stores it: its fields, less ``ema_params`` when None, so a run without
+    EMA saves and restores the same tree as checkpoints written before the field existed."""
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    if fields.get("ema_params", 0) is None:
+        del fields["ema_params"]
+    return fields
+
+
 def _check_restored(state: TrainState, step: int) -> None:
     if int(state.step) != step:
         raise CheckpointError(f"state.step={int(state.step)} does not match directory step {step}")
@@ -396,14 +412,15 @@ def load_run_info(workdir: str) -> dict:
 
 
 def restore_params(workdir: str, notify=print):
-    """(config, params, model_state, step) of the newest intact checkpoint, on one device.
+    """(config, params, model_state, step) of the newest intact checkpoint, on one device; the
+    params are the EMA params where the run kept them (``train.ema_decay`` > 0).
 
     Read-only: writes, creates and renames nothing in ``workdir``."""
     import flax.linen as nn
     import jax.numpy as jnp
 
     from arch import get_model_spec
-    from train.state import init_train_state, make_optimizer
+    from train.state import eval_params, init_train_state, make_optimizer, uses_ema
 
     info = load_run_info(workdir)
     config = info["config"]
@@ -414,7 +431,7 @@ def restore_params(workdir: str, notify=print):
         example = jnp.zeros(info["example_input"]["shape"], info["example_input"]["dtype"])
     else:
         example = jnp.asarray(spec.example_input(config))
-    boxed = jax.eval_shape(lambda: init_train_state(module, tx, example, jax.random.PRNGKey(0)))
+    boxed = jax.eval_shape(lambda: init_train_state(module, tx, example, jax.random.PRNGKey(0), ema=uses_ema(config.train)))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), nn.meta.unbox(boxed))
     directory = os.path.join(workdir, "checkpoints")
@@ -428,4 +445,4 @@ def restore_params(workdir: str, notify=print):
     if restored is None:
         raise CheckpointError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
     state, _, step = restored
-    return config, state.params, state.model_state, step
+    return config, eval_params(state), state.model_state, step

@@ -311,9 +311,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         checks.append((config.model.positional in ("rotary", "learned"), f"model.positional must be 'rotary' or 'learned' (got {config.model.positional!r})"))
     if "num_heads" in config.model:
         checks.append((config.model.num_heads >= 1 and config.model.d_model % config.model.num_heads == 0, "model.d_model must be divisible by model.num_heads"))
-    from train import augment, distill, early_stopping, prune, regularize
+    from train import augment, distill, early_stopping, optimizers, profiling, prune, regularize
 
-    for module in (prune, regularize, augment, early_stopping, distill):
+    for module in (optimizers, prune, regularize, augment, early_stopping, distill, profiling):
         checks += [(False, message) for message in module.config_problems(config.train)]
     if "sample" in config:
         checks += sample_problems(config.sample, config.model.get("vocab_size", 256))
@@ -344,6 +344,7 @@ def sample_problems(s: ml_collections.ConfigDict, vocab_size: int = 256) -> list
         (s.length >= 1, f"sample.length must be >= 1 (got {s.length})"),
         (s.temperature >= 0, f"sample.temperature must be >= 0, 0 = greedy (got {s.temperature})"),
         (0 <= s.top_k <= vocab_size, f"sample.top_k must be in [0, {vocab_size}] (model.vocab_size), 0 = all tokens (got {s.top_k})"),
+        (0.0 <= s.get("top_p", 0.0) <= 1.0, f"sample.top_p must be in [0, 1], 0 or 1 = off (got {s.get('top_p', 0.0)})"),
         (_is_utf8(s.prompt), f"sample.prompt {s.prompt!r} is not valid UTF-8 text"),
     ]
 

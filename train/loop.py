@@ -28,9 +28,11 @@ from train import parallel
 from train.checkpoint import Checkpointer, first_nonfinite_leaf, probe_checkpoint_dir
 from train.config import resolve_config
 from train.metrics import MetricWriter, plot_loss_curves, read_metrics
+from train.profiling import ProfileWindow
 from train.run import Run, accumulate_metrics
 from train.state import TrainState, param_count
 from train import early_stopping, memory_budget, prune as prune_lib
+from train.train_log import LOGGER as train_logger, train_line
 from train.workdir_lock import WorkdirLock, WorkdirLockedError
 
 
@@ -226,6 +228,10 @@ def _score_test_split(run: Run, state: TrainState, step: int, best, say) -> tupl
     return run.evaluate(test_state, run.eval_batches(run.data.test_batches)), test_step, which
 
 
+def _ema_note(config) -> str:
+    return " (EMA params)" if config.train.get("ema_decay", 0.0) > 0 else ""  # evaluation reads state.ema_params
+
+
 def _token_unit(config) -> str:
     """What a language model's tokens are: bytes, unless data.tokenizer says otherwise (a .bin of token ids)."""
     byte_level = config.data.get("tokenizer", "bytes") == "bytes" and config.model.get("vocab_size", 256) == 256
@@ -310,6 +316,7 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
                                          "mesh": parallel.mesh_shape(run.mesh), "parallel_mode": config.parallel.mode})
     writer = MetricWriter(workdir, enabled=primary)
     writer.truncate_after(start_step)
+    writer.summary.config(config.to_dict())
     say(
         f"{config.model_name}: {n_params:,} params | data {run.data.source}: {run.data.description} | "
         f"{run.mesh.devices.size} {jax.default_backend()} device(s), mesh {parallel.mesh_shape(run.mesh)}"
@@ -331,15 +338,19 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
     totals, window_start, window_time = None, start_step, time.time()
     last_saved = start_step if restored is not None else None
     step = start_step
+    profile = ProfileWindow(t.profile_steps, os.path.join(workdir, "tensorboard"))
     bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", disable=not (progress and primary),
                dynamic_ncols=True, mininterval=0.5, file=sys.stdout)
     try:
         while step < end_step and not stop:
+            profile.before_step(step)
             batch = run.place_batch(next(iterator))
             state, metrics = compiled_step(state, batch)
             totals = metrics if totals is None else accumulate_metrics(totals, metrics)
             step += 1
             bar.update(1)
+            if profile.after_step(step, state) and primary:
+                bar.write(f"profiled steps {step - profile.window[1] + 1}-{step} into {profile.logdir} (TensorBoard's Profile tab)")
             stop.check(step)
 
             log_step = step % t.log_every == 0 or step == t.steps
@@ -350,13 +361,15 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
                 host["steps_per_s"] = count / max(time.time() - window_time, 1e-9)
                 writer.write(step, "train", host)
                 bar.set_postfix(loss=f"{host['loss']:.3f}", refresh=False)
+                if primary and not progress:
+                    train_logger.info(train_line(step, t.steps, host["loss"], host["steps_per_s"]))
                 totals, window_start, window_time = None, step, time.time()
             if step % t.eval_every == 0 and step != t.steps:
                 result = run.evaluate(run.to_global(state), eval_batches)
                 writer.write(step, "eval", result)
-                run.plot(run.to_global(state), workdir, step)
+                writer.summary.images(step, run.plot(run.to_global(state), workdir, step))
                 if primary:
-                    bar.write(f"step {step}: {run.data.held_out_name} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+                    bar.write(f"step {step}: {run.data.held_out_name}{_ema_note(config)} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
                 if stopping_rule is not None:
                     stopping, improved = early_stopping.update(stopping_rule, stopping, result[stopping_rule.metric], step)
                     if improved:
@@ -373,10 +386,13 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
             checkpointer.save(step, run.to_global(state), data_state())
             last_saved = step
     except BaseException:
+        with contextlib.suppress(Exception):
+            profile.after_step(step, None)
         bar.close()
         iterator.close()
         _close_after_failure(checkpointer, best)
         raise
+    profile.after_step(step, None)  # a run that stopped inside the window
     bar.close()
     iterator.close()  # stops grain's read-ahead thread and worker processes
     checkpointer.close()
@@ -414,7 +430,6 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
         if not _logged(writer.path, test_step, "test"):
             writer.write(test_step, "test", test)
         summary["test"] = dict(test, step=test_step, state=which)
-    writer.close()
     if "sparsity" in result:
         say(f"sparsity {100 * result['sparsity']:.1f} % of prunable weights are zero; {prune_lib.nonzero_count(state.params):,} of {n_params:,} params nonzero")
     if primary:
@@ -424,14 +439,17 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
     task_plots = run.plot(state, workdir, step)  # every process helps gather the params
     if primary:
         summary["task_plots"] = task_plots
-    say(f"{run.data.held_out_name} at step {step}: {run.task.report(result).replace('bits per byte', f'bits per {_token_unit(config)}')}; "
+        writer.summary.images(step, [summary["plot"], *task_plots])
+    writer.close()
+    say(f"{run.data.held_out_name}{_ema_note(config)} at step {step}: {run.task.report(result).replace('bits per byte', f'bits per {_token_unit(config)}')}; "
         f"{_format_duration(summary['train_seconds'])} in all")
     if test is not None:
         say(f"test at step {test_step} ({which}): {run.task.report(test)}")
     if run.spec.task == "lm":
         stop.raise_if_stopped(f"after the final evaluation (step {step}); the sample was not drawn")
         sample = run.sample(state, config.sample.prompt, config.sample.length,
-                            temperature=config.sample.temperature, top_k=config.sample.top_k, seed=config.seed)
+                            temperature=config.sample.temperature, top_k=config.sample.top_k,
+                            top_p=config.sample.get("top_p", 0.0), seed=config.seed)
         summary["sample"] = sample
         say(f"sample ({config.sample.length} {_token_unit(config)}s after {config.sample.prompt!r}):")
         say(config.sample.prompt + sample)

@@ -1,4 +1,5 @@
-"""Metric writers: ``metrics.jsonl`` (one JSON object per event), TensorBoard, and the loss plot.
+"""Metric writers: ``metrics.jsonl`` (one JSON object per event), TensorBoard (through
+:class:`train.summary_writer.SummaryWriter`), and the loss plot.
 
 Only the primary process writes; the others get a writer that does nothing, so the loop never
 branches on process index.
@@ -11,18 +12,17 @@ import math
 import os
 from typing import Iterable
 
+from train.summary_writer import SummaryWriter
+
 
 class MetricWriter:
-    """Appends ``{"step": int, "split": "train"|"eval", ...}`` lines and TensorBoard scalars."""
+    """Appends ``{"step": int, "split": "train"|"eval", ...}`` lines and TensorBoard scalars;
+    ``summary`` is the run's TensorBoard writer (config, figures)."""
 
     def __init__(self, workdir: str, *, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
-        self._tb = None
-        if enabled:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.summary = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=enabled)
 
     def write(self, step: int, split: str, metrics: dict) -> None:
         if not self.enabled:
@@ -31,10 +31,7 @@ class MetricWriter:
         record.update({k: _jsonable(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        for name, value in metrics.items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self._tb.add_scalar(f"{split}/{name}", value, step)
-        self._tb.flush()
+        self.summary.scalars(step, metrics, prefix=split)
 
     def truncate_after(self, step: int) -> None:
         """Drops records past ``step``: a resumed run re-logs them, so the file never repeats a step."""
@@ -47,8 +44,7 @@ class MetricWriter:
         os.replace(tmp, self.path)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        self.summary.close()
 
 
 def _jsonable(value):

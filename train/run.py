@@ -22,7 +22,7 @@ from train import data as data_lib
 from train import parallel
 from train.data.tokenizer import tokenizer_for_config
 from train.sampling import generate_text
-from train.state import TrainState, init_train_state, learning_rate_schedule, make_optimizer
+from train.state import TrainState, eval_params, init_train_state, learning_rate_schedule, make_optimizer, uses_ema
 from train.step import make_eval_step, make_train_step
 from train.tasks import get_task
 from train import augment as augment_lib, prune as prune_lib, regularize
@@ -59,6 +59,30 @@ class PlacedBatches:
         return (self.place(pair) for pair in self.batches)
 
 
+def make_run_mesh(config: ml_collections.ConfigDict):
+    """(mesh, logical rules, PmapLayout or None) for ``config.parallel``; MeshError when the devices or
+    the batch do not fit the mesh (``--dry_run`` checks this too)."""
+    p = config.parallel
+    mesh = parallel.make_mesh(p.mesh, p.num_devices)
+    rules = parallel.parse_rules(p.rules, mesh)
+    pmap = None
+    if p.mode == "pmap":
+        if set(parallel.mesh_shape(mesh)) != {"data"}:
+            raise parallel.MeshError(f"parallel.mode=pmap is data parallel only: use a data-only mesh such as data:-1 (got {p.mesh})")
+        rules = (("batch", "data"),)
+        pmap = parallel.PmapLayout(mesh)
+    data_shards = parallel.data_shard_count(mesh, rules)
+    micro = config.train.batch_size // config.train.grad_accum_steps
+    if micro % data_shards:
+        raise parallel.MeshError(
+            f"micro-batch of {micro} (train.batch_size / train.grad_accum_steps) does not split over {data_shards} data shards "
+            f"({jax.device_count()} devices visible, parallel.mesh={p.mesh}, parallel.num_devices={p.num_devices}): set "
+            "--config.train.batch_size to a multiple of the shards, or use fewer devices with --config.parallel.num_devices=N "
+            "or CUDA_VISIBLE_DEVICES"
+        )
+    return mesh, rules, pmap
+
+
 class Run:
     """Everything built from a config before the first step: data, mesh, module, steps, state."""
 
@@ -73,21 +97,7 @@ class Run:
                 f"the data has {self.data.num_classes} classes but model.num_classes={config.model.num_classes}; set --config.model.num_classes"
             )
 
-        p = config.parallel
-        self.mesh = parallel.make_mesh(p.mesh, p.num_devices)
-        self.rules = parallel.parse_rules(p.rules, self.mesh)
-        self.pmap = None
-        if p.mode == "pmap":
-            if set(parallel.mesh_shape(self.mesh)) != {"data"}:
-                raise parallel.MeshError(f"parallel.mode=pmap is data parallel only: use a data-only mesh such as data:-1 (got {p.mesh})")
-            self.rules = (("batch", "data"),)
-            self.pmap = parallel.PmapLayout(self.mesh)
-        data_shards = parallel.data_shard_count(self.mesh, self.rules)
-        micro = config.train.batch_size // config.train.grad_accum_steps
-        if micro % data_shards:
-            raise parallel.MeshError(
-                f"micro-batch of {micro} (train.batch_size / train.grad_accum_steps) does not split over {data_shards} data shards"
-            )
+        self.mesh, self.rules, self.pmap = make_run_mesh(config)
 
         if self.spec.from_data is not None:
             updates = self.spec.from_data(config.model, self.data)
@@ -109,7 +119,7 @@ class Run:
         # Distillation: the task the train step optimises also matches a frozen teacher's logits.
         self.train_task, self.teacher = distill_lib.from_config(config, self.task, self.data.example_input, self.spec.task)
 
-        init = lambda rng: init_train_state(self.module, self.tx, self.example_input, rng)
+        init = lambda rng: init_train_state(self.module, self.tx, self.example_input, rng, ema=uses_ema(config.train))
         with parallel.mesh_context(self.mesh, self.rules):
             boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
         self.sharding_notes: list[str] = []
@@ -135,6 +145,7 @@ class Run:
             module=self.module, task=self.train_task, tx=self.tx, grad_accum_steps=config.train.grad_accum_steps, lr_schedule=self.schedule,
             cross_replica_mean=None if self.pmap is None else (lambda tree: jax.lax.pmean(tree, parallel.PmapLayout.axis_name)),
             regularizer=regularize.from_config(config.train), augment=augment_lib.from_config(config.train),
+            ema_decay=config.train.get("ema_decay", 0.0),
         )
         self.train_step = train_step
         step_with_rng = lambda state, batch: train_step(state, batch, jax.random.fold_in(state.rng, state.step))
@@ -227,11 +238,12 @@ class Run:
         return list(placed) if placed.host_bytes() <= EVAL_CACHE_BYTES else placed
 
     def evaluate(self, state: TrainState, batches) -> dict:
-        """Task metrics over ``batches``; ``state`` in the global layout (see ``to_global``)."""
+        """Task metrics over ``batches`` of the EMA params where the run keeps them, else the params;
+        ``state`` in the global layout (see ``to_global``)."""
         sums = None
         with parallel.mesh_context(self.mesh, self.rules):
             for batch, weights in batches:
-                out = self._jit_eval_step(state.params, state.model_state, batch, weights)
+                out = self._jit_eval_step(eval_params(state), state.model_state, batch, weights)
                 sums = out if sums is None else accumulate_metrics(sums, out)
         result = self.task.summarize(parallel.gather_to_host(sums, self.mesh))
         if self.config.train.sparsity > 0:
@@ -239,8 +251,9 @@ class Run:
         return result
 
     def host_params(self, state: TrainState):
-        """(params, model_state) whole on the host. A collective: every process must call it."""
-        return parallel.gather_to_host((state.params, state.model_state), self.mesh)
+        """(params, model_state) whole on the host, the EMA params where kept (as export reads them).
+        A collective: every process must call it."""
+        return parallel.gather_to_host((eval_params(state), state.model_state), self.mesh)
 
     def plot(self, state: TrainState, workdir: str, step: int) -> list[str]:
         """The task's own figures (sample grids, rendered views) into ``workdir/plots``; process 0
@@ -252,10 +265,12 @@ class Run:
             return []
         return self.task.plot(self.module, params, model_state, self.data, os.path.join(workdir, "plots"), step)
 
-    def sample(self, state: TrainState, prompt: str, length: int, *, temperature: float, top_k: int, seed: int = 0) -> str:
+    def sample(self, state: TrainState, prompt: str, length: int, *, temperature: float, top_k: int, top_p: float = 0.0,
+               seed: int = 0) -> str:
         """``length`` tokens after ``prompt``, encoded and decoded by the run's tokenizer (data.tokenizer)."""
         params, _ = self.host_params(state)
         return generate_text(
             self.decode_module, params, prompt, length, tokenizer=tokenizer_for_config(self.config.data),
             max_len=self.config.model.max_len, rng=jax.random.PRNGKey(seed), temperature=temperature, top_k=top_k,
+            top_p=top_p,
         )

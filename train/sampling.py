@@ -22,25 +22,38 @@ def init_cache(decode_module: nn.Module, batch: int, max_len: int):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def sample_logits(logits: jax.Array, rng: jax.Array, temperature: float, top_k: int) -> jax.Array:
-    """Draws token ids from [batch, vocab] logits; temperature 0 means greedy."""
+def sample_logits(logits: jax.Array, rng: jax.Array, temperature: float, top_k: int, top_p: float = 0.0) -> jax.Array:
+    """Draws token ids from [batch, vocab] logits; temperature 0 means greedy. ``top_k`` > 0 keeps
+    the k likeliest tokens; ``top_p`` in (0, 1) keeps the fewest likeliest tokens whose probability
+    reaches ``top_p`` (nucleus sampling; 0 or 1 = off)."""
     if temperature <= 0:
         return jnp.argmax(logits, axis=-1)
     logits = logits / temperature
     if top_k > 0:
         kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if 0 < top_p < 1:
+        logits = _nucleus(logits, top_p)
     return jax.random.categorical(rng, logits, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("decode_module", "length", "temperature", "top_k"))
-def _generate(decode_module, params, cache, prompt_tokens, rng, *, length, temperature, top_k):
+def _nucleus(logits: jax.Array, top_p: float) -> jax.Array:
+    # A token stays if the tokens likelier than it hold less than top_p: the likeliest always stays.
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < cutoff, -jnp.inf, logits)
+
+
+@functools.partial(jax.jit, static_argnames=("decode_module", "length", "temperature", "top_k", "top_p"))
+def _generate(decode_module, params, cache, prompt_tokens, rng, *, length, temperature, top_k, top_p=0.0):
     logits, updates = decode_module.apply({"params": params, "cache": cache}, prompt_tokens, mutable=["cache"])
     cache = updates["cache"]
 
     def step(carry, step_rng):
         cache, last_logits = carry
-        token = sample_logits(last_logits, step_rng, temperature, top_k)
+        token = sample_logits(last_logits, step_rng, temperature, top_k, top_p)
         logits, updates = decode_module.apply({"params": params, "cache": cache}, token[:, None], mutable=["cache"])
         return (updates["cache"], logits[:, -1]), token
 
@@ -58,6 +71,7 @@ def generate_tokens(
     rng: jax.Array,
     temperature: float = 0.8,
     top_k: int = 0,
+    top_p: float = 0.0,
 ) -> np.ndarray:
     """``length`` token ids continuing ``prompt_ids`` (non-empty); the context window is the last ``max_len`` ids."""
     if length < 1:
@@ -73,7 +87,8 @@ def generate_tokens(
     prompt_tokens = jnp.asarray(prompt_ids[-max_len:])[None]
     cache = init_cache(decode_module, 1, max_len)
     tokens = _generate(
-        decode_module, params, cache, prompt_tokens, rng, length=length, temperature=float(temperature), top_k=int(top_k)
+        decode_module, params, cache, prompt_tokens, rng, length=length, temperature=float(temperature), top_k=int(top_k),
+        top_p=float(top_p),
     )
     return np.asarray(tokens[0], np.int32)
 

@@ -2,7 +2,8 @@
 
 TrainState holds everything a resumed run needs besides the data position: params, optimizer
 state, non-trainable model collections (e.g. BatchNorm statistics), the step, the run's base rng
-and ``nonfinite_step`` (-1, or the first step whose loss or gradient was not finite).
+and ``nonfinite_step`` (-1, or the first step whose loss or gradient was not finite), and
+``ema_params`` where ``train.ema_decay`` > 0 (None otherwise, so older checkpoints still restore).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import ml_collections
 import optax
 from flax import struct
 
+from train import optimizers
+
 
 @struct.dataclass
 class TrainState:
@@ -25,25 +28,13 @@ class TrainState:
     model_state: Any
     rng: jax.Array
     nonfinite_step: jax.Array
+    ema_params: Any = None  # train.ema_decay > 0: the params' moving average (evaluated and exported); else None
 
 
 def learning_rate_schedule(train_config: ml_collections.ConfigDict, peak: float | None = None) -> optax.Schedule:
-    """Linear warmup to ``learning_rate`` (or ``peak``), then cosine decay to ``peak * min_lr_ratio``."""
-    t = train_config
-    peak = t.learning_rate if peak is None else peak
-    warmup = min(t.warmup_steps, max(t.steps - 1, 0))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=peak,
-        warmup_steps=warmup,
-        decay_steps=max(t.steps, warmup + 1),
-        end_value=peak * t.min_lr_ratio,
-    )
-
-
-def _decay_mask(params):
-    # Decay matrices (kernels, embeddings), not biases or LayerNorm scales.
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Linear warmup to ``learning_rate`` (or ``peak``), then ``train.schedule`` (train/optimizers.py;
+    default cosine decay to ``peak * min_lr_ratio``)."""
+    return optimizers.schedule(train_config, train_config.learning_rate if peak is None else peak)
 
 
 def parse_group_learning_rates(spec: str, param_groups: tuple[str, ...]) -> dict[str, float]:
@@ -62,21 +53,12 @@ def parse_group_learning_rates(spec: str, param_groups: tuple[str, ...]) -> dict
     return rates
 
 
-def _adamw(t: ml_collections.ConfigDict, peak_lr: float) -> optax.GradientTransformation:
-    return optax.adamw(
-        learning_rate_schedule(t, peak_lr),
-        b1=t.b1,
-        b2=t.b2,
-        weight_decay=t.weight_decay,
-        mask=_decay_mask,
-    )
-
-
 def make_optimizer(train_config: ml_collections.ConfigDict, param_groups: tuple[str, ...] = ()) -> optax.GradientTransformation:
-    """AdamW with warmup + cosine schedule and optional global-norm clipping.
+    """``train.optimizer`` (default AdamW) on ``train.schedule`` (default warmup + cosine), with
+    optional global-norm clipping (train/optimizers.py builds the optimizer and schedule).
 
     With ``param_groups`` (top-level param names, e.g. a GAN's generator and discriminator) each
-    group gets its own AdamW state and peak learning rate (``train.group_learning_rates``) inside
+    group gets its own optimizer state and peak learning rate (``train.group_learning_rates``) inside
     one ``optax.multi_transform``: two optimizers, one opt_state, one train step. Clipping is
     per group too, so one player's large gradient does not shrink the other's update.
     ``train.loss_scaling=dynamic`` (float16) wraps it all in dynamic loss scaling (train/loss_scale.py).
@@ -87,12 +69,12 @@ def make_optimizer(train_config: ml_collections.ConfigDict, param_groups: tuple[
     pruning = _pruning(t)
     if not param_groups:
         parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
-        return _loss_scaling(t, _freeze_backbone(t, optax.chain(*parts, _adamw(t, t.learning_rate), *pruning)))
+        return _loss_scaling(t, _freeze_backbone(t, optax.chain(*parts, optimizers.base_optimizer(t, t.learning_rate), *pruning)))
     rates = parse_group_learning_rates(t.group_learning_rates, param_groups)
     transforms = {}
     for group in param_groups:
         parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
-        transforms[group] = optax.chain(*parts, _adamw(t, rates.get(group, t.learning_rate)))
+        transforms[group] = optax.chain(*parts, optimizers.base_optimizer(t, rates.get(group, t.learning_rate)))
 
     def labels(params):
         return {name: jax.tree.map(lambda _: name, subtree) for name, subtree in params.items()}
@@ -128,8 +110,10 @@ def _pruning(t: ml_collections.ConfigDict) -> list[optax.GradientTransformation]
     return [from_config(t)]
 
 
-def init_train_state(module: nn.Module, tx: optax.GradientTransformation, example_input, rng: jax.Array) -> TrainState:
-    """Initialises a TrainState whose params are still boxed with logical axis names.
+def init_train_state(module: nn.Module, tx: optax.GradientTransformation, example_input, rng: jax.Array, *,
+                     ema: bool = False) -> TrainState:
+    """Initialises a TrainState whose params are still boxed with logical axis names; with ``ema``
+    its ``ema_params`` start as a copy of the params.
 
     Call it under ``jax.eval_shape`` to read the partition specs, and under ``jax.jit`` with
     ``out_shardings`` (after ``nn.meta.unbox``) to create the params already sharded.
@@ -146,7 +130,17 @@ def init_train_state(module: nn.Module, tx: optax.GradientTransformation, exampl
         model_state=variables,
         rng=run_rng,
         nonfinite_step=jnp.full((), -1, jnp.int32),
+        ema_params=jax.tree.map(lambda p: p, params) if ema else None,
     )
+
+
+def uses_ema(train_config: ml_collections.ConfigDict) -> bool:
+    return getattr(train_config, "ema_decay", 0.0) > 0  # getattr: configs saved before train.ema_decay
+
+
+def eval_params(state: TrainState):
+    """The params to evaluate, sample and export: the EMA where the run keeps one."""
+    return state.params if state.ema_params is None else state.ema_params
 
 
 def param_count(params) -> int:

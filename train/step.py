@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from train.loss_scale import find_scale, scaled_value_and_grad
+from train.optimizers import ema_update
 from train.state import TrainState
 from train.tasks import Task
 
@@ -32,13 +33,14 @@ def _split_micro_batches(batch, num_micro: int):
 
 def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, grad_accum_steps: int = 1,
                     lr_schedule: Callable | None = None, cross_replica_mean: Callable | None = None,
-                    regularizer: Callable | None = None, augment: Callable | None = None):
+                    regularizer: Callable | None = None, augment: Callable | None = None, ema_decay: float = 0.0):
     """Returns ``train_step(state, batch, rng) -> (state, metrics)``; rng is this step's key.
 
     ``regularizer(params) -> scalar`` (train/regularize.py) is added to the loss that is
     differentiated and reported as the ``penalty`` metric (``loss`` stays the data loss).
     ``augment(batch, rng) -> batch`` (train/augment.py) transforms the batch first, from this
     step's rng, so augmentation is deterministic and needs no host randomness.
+    ``ema_decay`` > 0 moves ``state.ema_params`` toward the updated params (train/optimizers.py).
 
     ``cross_replica_mean`` (pmap mode: ``lax.pmean`` over the device axis) averages gradients,
     metrics and batch statistics across replicas before the update; under jit the step already sees
@@ -97,6 +99,8 @@ def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, gra
             model_state=keep_if_finite(model_state, state.model_state),
             nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step),
         )
+        if state.ema_params is not None:
+            new_state = new_state.replace(ema_params=ema_update(state.ema_params, new_state.params, ema_decay))
         metrics = dict(metrics, grad_norm=grad_norm)
         if scale is not None:
             overflow = ~jnp.isfinite(grad_norm)

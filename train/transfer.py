@@ -20,6 +20,7 @@ import os
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -150,7 +151,8 @@ def initialize_from(state, source: InitSource):
     """
     params = merge(state.params, source.params, replace_head=source.replace_head)
     model_state = merge(state.model_state, source.model_state, replace_head=False)
-    return state.replace(params=params, model_state=model_state)
+    ema_params = None if state.ema_params is None else jax.tree.map(jnp.copy, params)  # the EMA starts at the start
+    return state.replace(params=params, model_state=model_state, ema_params=ema_params)
 
 
 def trainable_count(params, frozen: bool) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from arch.search_space import (NUM_EDGES, NUM_OPS, OPS, CellSpace, DenseSpace, G
 from train.nas.search import init_search, run_search, summarize_best
 from train.nas.search_config import SearchConfig, search_config
 from train.nas.space_ops import num_codes
+from train.summary_writer import write_run_summary
 
 SCORERS = ("train", "synflow", "table")
 SPACES = ("cell", "dense", "hparams")
@@ -420,6 +421,8 @@ def run_strategies(config, strategies: list[str], workdir: str, *, max_cycles: i
     with open(os.path.join(workdir, "comparison.json"), "w") as f:
         json.dump({"scorer": scorer.kind, "optimum": scorer.optimum, "budget": config.search.budget, "strategies": comparison}, f, indent=2)
     plots = plot_search(results, os.path.join(workdir, "plots"), scorer.unit, op_frequency_plots=scorer.space_name == "cell")
+    scalars = {"best_score": best_overall["score"], **{f"{name}_best_mean": row["best_mean"] for name, row in comparison.items()}}
+    write_run_summary(workdir, config.to_dict(), step=config.search.budget, scalars=scalars, images=plots, prefix="nas")
     return {"complete": True, "best": best_overall, "comparison": comparison, "plots": plots}
 
 
