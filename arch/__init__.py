@@ -6,6 +6,10 @@ there) and one line in ``MODELS`` below.
 
 from __future__ import annotations
 
+from archlab import short_names  # noqa: E402
+
+short_names.alias(__name__)  # imported as ``arch``: become ``archlab.arch`` (archlab/short_names.py)
+
 import dataclasses
 from typing import Any, Callable
 
@@ -47,13 +51,13 @@ class ModelSpec:
 
     def model_defaults(self) -> dict[str, Any]:
         """The default ``model`` config section, read from its config file."""
-        from configs import from_ref
+        from archlab.configs import from_ref
 
         return from_ref(self.config).model.to_dict()
 
 
 def _transformer_module(model_config, decode: bool = False) -> nn.Module:
-    from arch.transformer import TransformerLM
+    from archlab.arch.transformer import TransformerLM
 
     c = model_config
     return TransformerLM(
@@ -75,7 +79,7 @@ def _transformer_module(model_config, decode: bool = False) -> nn.Module:
 
 
 def _mlp_module(model_config, decode: bool = False) -> nn.Module:
-    from arch.mlp import MLP
+    from archlab.arch.mlp import MLP
 
     c = model_config
     return MLP(hidden=tuple(c.hidden), num_classes=c.num_classes, activation=c.activation, dropout_rate=c.dropout_rate,
@@ -83,7 +87,7 @@ def _mlp_module(model_config, decode: bool = False) -> nn.Module:
 
 
 def _cnn_module(model_config, decode: bool = False) -> nn.Module:
-    from arch.cnn import CNN
+    from archlab.arch.cnn import CNN
 
     c = model_config
     return CNN(channels=tuple(c.channels), dense=c.dense, num_classes=c.num_classes, activation=c.activation,
@@ -92,7 +96,7 @@ def _cnn_module(model_config, decode: bool = False) -> nn.Module:
 
 def _resnet_module(depth: int):
     def make(model_config, decode: bool = False) -> nn.Module:
-        from arch.resnet import ResNet
+        from archlab.arch.resnet import ResNet
 
         c = model_config
         return ResNet(depth=depth, num_classes=c.num_classes, width=c.width, stem=c.stem, bn_momentum=c.bn_momentum,
@@ -103,7 +107,7 @@ def _resnet_module(depth: int):
 
 def _recurrent_module(kind: str):
     def make(model_config, decode: bool = False) -> nn.Module:
-        from arch.rnn import RecurrentLM
+        from archlab.arch.rnn import RecurrentLM
 
         c = model_config
         return RecurrentLM(kind=kind, vocab_size=c.vocab_size, embed_dim=c.embed_dim, hidden=c.hidden, num_layers=c.num_layers,
@@ -114,7 +118,7 @@ def _recurrent_module(kind: str):
 
 def _recurrent_classifier_module(kind: str):
     def make(model_config, decode: bool = False) -> nn.Module:
-        from arch.rnn import RecurrentClassifier
+        from archlab.arch.rnn import RecurrentClassifier
 
         c = model_config
         return RecurrentClassifier(kind=kind, num_classes=c.num_classes, vocab_size=c.vocab_size, embed_dim=c.embed_dim, hidden=c.hidden,
@@ -125,7 +129,7 @@ def _recurrent_classifier_module(kind: str):
 
 
 def _gan_module(model_config, decode: bool = False) -> nn.Module:
-    from arch.gan import GAN
+    from archlab.arch.gan import GAN
 
     c = model_config
     return GAN(sample_shape=tuple(c.sample_shape), latent_dim=c.latent_dim, style_dim=c.style_dim, mapping_layers=c.mapping_layers,
@@ -133,7 +137,7 @@ def _gan_module(model_config, decode: bool = False) -> nn.Module:
 
 
 def _nerf_module(model_config, decode: bool = False) -> nn.Module:
-    from arch.nerf import NeRF
+    from archlab.arch.nerf import NeRF
 
     c = model_config
     return NeRF(num_layers=c.num_layers, width=c.width, pos_frequencies=c.pos_frequencies, dir_frequencies=c.dir_frequencies,
@@ -146,7 +150,7 @@ def _nerf_input(config) -> np.ndarray:
 
 
 def _inception_module(model_config, decode: bool = False) -> nn.Module:
-    from arch.inception import InceptionNet
+    from archlab.arch.inception import InceptionNet
 
     c = model_config
     return InceptionNet(num_classes=c.num_classes, stem_features=c.stem_features, stages=tuple(c.stages), branch_widths=tuple(c.branch_widths),
@@ -155,7 +159,7 @@ def _inception_module(model_config, decode: bool = False) -> nn.Module:
 
 
 def _dehaze_module(model_config, decode: bool = False) -> nn.Module:
-    from arch.dehaze import DehazeNet
+    from archlab.arch.dehaze import DehazeNet
 
     c = model_config
     return DehazeNet(width=c.width, dilations=tuple(c.dilations), airlight_hidden=c.airlight_hidden, t_min=c.t_min,
@@ -163,7 +167,7 @@ def _dehaze_module(model_config, decode: bool = False) -> nn.Module:
 
 
 def _nas_cell_module(model_config, decode: bool = False) -> nn.Module:
-    from arch.nas_cell import NASCellNet
+    from archlab.arch.nas_cell import NASCellNet
 
     c = model_config
     return NASCellNet(genotype=c.genotype, channels=c.channels, num_classes=c.num_classes)

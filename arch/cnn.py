@@ -8,9 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import logical_init
-from arch.mlp import activation
-from arch.quant import conv_cls, quant_dense
+from archlab.arch.layers import logical_init
+from archlab.arch.mlp import activation
+from archlab.arch.quant import conv_cls, quant_dense
 
 
 class CNN(nn.Module):

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import ConvUnit, ResidualBlock, dehaze, logical_conv, logical_dense
+from archlab.arch.layers import ConvUnit, ResidualBlock, dehaze, logical_conv, logical_dense
 
 
 class DilatedConvPair(nn.Module):

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import ConvUnit, InceptionBlock, ResidualBlock, logical_dense
+from archlab.arch.layers import ConvUnit, InceptionBlock, ResidualBlock, logical_dense
 
 
 class InceptionNet(nn.Module):

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch.search_space import EDGES, NUM_EDGES, OPS, genotype_from_string
+from archlab.arch.search_space import EDGES, NUM_EDGES, OPS, genotype_from_string
 
 NONE, SKIP, CONV1, CONV3, POOL = range(5)
 TAPS = tuple((dy, dx) for dy in range(3) for dx in range(3))

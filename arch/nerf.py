@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import logical_dense
+from archlab.arch.layers import logical_dense
 
 Field = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]  # (points [B,N,3], viewdirs [B,3]) -> (rgb [B,N,3], sigma [B,N])
 

@@ -198,7 +198,7 @@ def conv_cls(quant: str):
 
 def quant_dense(quant: str, features: int, axes: tuple[str, str], *, dtype, param_dtype, name: str) -> nn.Dense:
     """``arch.layers.logical_dense`` (same params, same logical axes), fake-quantised when ``quant="int8"``."""
-    from arch.layers import logical_init
+    from archlab.arch.layers import logical_init
 
     return dense_cls(quant)(
         features, dtype=dtype, param_dtype=param_dtype, name=name,

@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import logical_init
-from arch.quant import conv_cls, quant_dense
+from archlab.arch.layers import logical_init
+from archlab.arch.quant import conv_cls, quant_dense
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 

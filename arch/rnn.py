@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import DEFAULT_INIT, GatheredEmbed, logical_init, token_matmul
+from archlab.arch.layers import DEFAULT_INIT, GatheredEmbed, logical_init, token_matmul
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from arch.layers import (
+from archlab.arch.layers import (
     DEFAULT_INIT,
     CausalSelfAttention,
     GatheredEmbed,

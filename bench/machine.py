@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from bench.timing import median, time_calls
+from archlab.bench.timing import median, time_calls
 
 PEAK_FLOPS_SIZES = (1024, 1536, 2048)
 
@@ -61,7 +61,7 @@ def machine_info(*, peak_sizes=PEAK_FLOPS_SIZES, peak_repeats: int = 5) -> dict:
     import jax
     import jaxlib
 
-    from train import host_memory
+    from archlab.train import host_memory
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     peak = peak_flops(peak_sizes, repeats=peak_repeats)

@@ -24,8 +24,8 @@ import time
 import jax
 import numpy as np
 
-from bench import BenchmarkError
-from bench.timing import median
+from archlab.bench import BenchmarkError
+from archlab.bench.timing import median
 
 POPULATION = 16
 STEPS = 50
@@ -38,7 +38,7 @@ DEFAULT_REPEATS = 3
 
 def random_distinct_codes(population: int, seed: int = SEED) -> np.ndarray:
     """``population`` distinct cells [P, 6] int32, drawn uniformly without replacement."""
-    from arch.search_space import NUM_ARCHITECTURES, index_to_genotype
+    from archlab.arch.search_space import NUM_ARCHITECTURES, index_to_genotype
 
     rng = np.random.default_rng(seed)
     return index_to_genotype(rng.choice(NUM_ARCHITECTURES, size=population, replace=False))
@@ -55,8 +55,8 @@ class MemberLoop:
     """The loop baseline with its compiled programs kept: one jitted step and evaluation per cell."""
 
     def __init__(self, codes: np.ndarray, *, batch_size: int):
-        from arch.nas_cell import member_logits
-        from train.nas.population import make_member_step
+        from archlab.arch.nas_cell import member_logits
+        from archlab.train.nas.population import make_member_step
 
         self.genotypes = [tuple(int(g) for g in code) for code in codes]
         self.steps = [make_member_step(g, batch_size=batch_size) for g in self.genotypes]
@@ -91,8 +91,8 @@ def measure(
     ``repeats``: timed steady-state passes per side (after the end-to-end pass, which doubles as
     the warm-up of the vmap side; the loop side gets one untimed warm-up pass).
     """
-    from arch.nas_cell import CellNet, init_member, init_population
-    from train.nas.population import digits_data, train_member, train_population
+    from archlab.arch.nas_cell import CellNet, init_member, init_population
+    from archlab.train.nas.population import digits_data, train_member, train_population
 
     if population < 1 or steps < 1 or repeats < 1:
         raise BenchmarkError(f"the nas suite needs population, steps and repeats >= 1; got {population}, {steps}, {repeats}")

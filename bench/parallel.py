@@ -13,8 +13,8 @@ import time
 
 import jax
 
-from bench import BenchmarkError
-from bench.timing import interleaved_blocks, median
+from archlab.bench import BenchmarkError
+from archlab.bench.timing import interleaved_blocks, median
 
 MODEL = "transformer"
 # The shapes of the performance issue: d_model 256, 4 layers, 4 heads, length 128, batch 16, bytes.
@@ -34,7 +34,7 @@ DEFAULT_BLOCK = 5
 
 def make_config(overrides: dict[str, str] | None, devices: int):
     """The benchmark config (``overrides`` on top of the benchmark shapes) on a ``data:devices`` mesh."""
-    from train.config import apply_overrides, get_config
+    from archlab.train.config import apply_overrides, get_config
 
     values = {**BENCHMARK_OVERRIDES, **(overrides or {})}
     values.update({"parallel.mesh": f"data:{devices}", "parallel.num_devices": str(devices)})
@@ -45,7 +45,7 @@ class TimedRun:
     """One compiled train step with its own state and data, stepped and timed one step at a time."""
 
     def __init__(self, config, seed: int = 0):
-        from train.run import Run
+        from archlab.train.run import Run
 
         started = time.perf_counter()
         self.run = Run(config)

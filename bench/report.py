@@ -6,8 +6,8 @@ import json
 import os
 import tempfile
 
-from bench import BenchmarkError
-from bench.suites import markdown_table
+from archlab.bench import BenchmarkError
+from archlab.bench.suites import markdown_table
 
 
 def check_writable(path: str) -> str:

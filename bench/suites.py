@@ -14,15 +14,15 @@ import importlib
 import inspect
 import os
 
-from bench import BenchmarkError
+from archlab.bench import BenchmarkError
 
 SUITES: dict[str, str] = {
-    "train": "bench.train",
-    "compile": "bench.compile",
-    "parallel": "bench.parallel",
-    "nas": "bench.nas",
-    "infer": "bench.infer",
-    "data": "bench.data",
+    "train": "archlab.bench.train",
+    "compile": "archlab.bench.compile",
+    "parallel": "archlab.bench.parallel",
+    "nas": "archlab.bench.nas",
+    "infer": "archlab.bench.infer",
+    "data": "archlab.bench.data",
 }
 ALL = "all"
 

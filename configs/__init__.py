@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+from archlab import short_names  # noqa: E402
+
+short_names.alias(__name__)  # imported as ``configs``: become ``archlab.configs`` (archlab/short_names.py)
+
 import importlib
 from types import ModuleType
 
@@ -15,7 +19,7 @@ import ml_collections
 
 def family_module(ref: str) -> ModuleType:
     """``"resnet.py:r34"`` -> the module configs.resnet."""
-    return importlib.import_module(f"configs.{ref.partition(':')[0].removesuffix('.py')}")
+    return importlib.import_module(f"archlab.configs.{ref.partition(':')[0].removesuffix('.py')}")
 
 
 def from_ref(ref: str) -> ml_collections.ConfigDict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.base import PRECISION, base_config, choose
+from archlab.configs.base import PRECISION, base_config, choose
 
 ARGS: tuple[str, ...] = ()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.base import PRECISION, base_config, choose
+from archlab.configs.base import PRECISION, base_config, choose
 
 ARGS = ("r18", "r34", "r50", "cifar10_r18", "imagenet_r50")
 _DEPTH = {"r18": 18, "r34": 34, "r50": 50, "cifar10_r18": 18, "imagenet_r50": 50}

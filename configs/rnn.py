@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.base import PRECISION, base_config, choose
+from archlab.configs.base import PRECISION, base_config, choose
 
 ARGS = ("lstm", "gru", "rnn", "lstm_classifier", "gru_classifier", "rnn_classifier")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs.base import base_config, choose
+from archlab.configs.base import base_config, choose
 
 ARGS = ("small", "gpt2_124m")
 

@@ -3,6 +3,10 @@
 Library code only: nothing here parses argv or exits the process (``launch/export.py`` does).
 """
 
+from archlab import short_names  # noqa: E402
+
+short_names.alias(__name__)  # imported as ``deploy``: become ``archlab.deploy`` (archlab/short_names.py)
+
 
 class ExportError(RuntimeError):
     """An export that cannot be done as asked: no checkpoint, an unconvertible primitive, bad options."""

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deploy import ExportError
+from archlab.deploy import ExportError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ def unrolled(config, params):
 
 def inference_model(config, params, model_state, step: int, example_shape: tuple[int, ...], example_dtype: str) -> InferenceModel:
     """Builds the inference function of a restored run (see the module docstring)."""
-    from arch import get_model_spec
+    from archlab.arch import get_model_spec
 
     spec = get_model_spec(config.model_name)
     if config.model.get("scan_layers"):
@@ -95,7 +95,7 @@ def inference_model(config, params, model_state, step: int, example_shape: tuple
         return InferenceModel(apply=generate, variables={"params": params}, input_name="latents", input_shape=(latent_dim,),
                               input_dtype="float32", output_names=("samples",), **common)
     if spec.task == "nerf":
-        from arch.nerf import NeRFField
+        from archlab.arch.nerf import NeRFField
 
         c = config.model
         field = NeRFField(c.num_layers, c.width, c.pos_frequencies, c.dir_frequencies)
@@ -125,8 +125,8 @@ def load_inference_model(workdir: str, notify=print) -> InferenceModel:
 
     Raises ``train.checkpoint.CheckpointError`` (no run, no checkpoint) with a one-line message.
     """
-    from arch import get_model_spec
-    from train.checkpoint import load_run_info, restore_params
+    from archlab.arch import get_model_spec
+    from archlab.train.checkpoint import load_run_info, restore_params
 
     info = load_run_info(workdir)
     config, params, model_state, step = restore_params(workdir, notify=notify)
@@ -159,8 +159,8 @@ def random_inference_model(config, example: np.ndarray | None = None, seed: int 
     """
     import flax.linen as nn
 
-    from arch import get_model_spec
-    from train.state import init_train_state, make_optimizer
+    from archlab.arch import get_model_spec
+    from archlab.train.state import init_train_state, make_optimizer
 
     spec = get_model_spec(config.model_name)
     module = spec.make_module(config.model)

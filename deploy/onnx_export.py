@@ -20,9 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from deploy import ExportError
-from deploy.artifacts import write_bytes
-from deploy.checkpoint import InferenceModel
+from archlab.deploy import ExportError
+from archlab.deploy.artifacts import write_bytes
+from archlab.deploy.checkpoint import InferenceModel
 
 ONNX_OPSET = 21  # onnxruntime >= 1.20 and TensorRT 10's parser both read it
 BATCH_DIM = "B"

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from deploy import ParityError
+from archlab.deploy import ParityError
 
 TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "int8": 1e-2}
 

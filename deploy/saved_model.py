@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from deploy.artifacts import atomic_path
-from deploy.checkpoint import InferenceModel
+from archlab.deploy.artifacts import atomic_path
+from archlab.deploy.checkpoint import InferenceModel
 
 SIGNATURE = "serving_default"
 

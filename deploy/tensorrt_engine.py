@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from deploy import ExportError
-from deploy.artifacts import write_bytes
+from archlab.deploy import ExportError
+from archlab.deploy.artifacts import write_bytes
 
 if TYPE_CHECKING:  # only for annotations: building and running engines needs no jax
-    from deploy.checkpoint import InferenceModel
+    from archlab.deploy.checkpoint import InferenceModel
 
 WORKSPACE_BYTES = 1 << 30
 ENGINE_FILES = {"fp32": "model.engine", "fp16": "model.fp16.engine"}

@@ -13,14 +13,14 @@ from __future__ import annotations
 import sys
 import time
 
-from launch.cli import OneLineParser, check_platform, fail, quiet_logs
+from archlab.launch.cli import OneLineParser, check_platform, fail, quiet_logs
 
 BENCHMARK_DEVICES = 2  # fake CPU devices for the parallel suite (unless XLA_FLAGS already sets a count)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench import BenchmarkError
-    from bench.suites import select_suites, suite_names
+    from archlab.bench import BenchmarkError
+    from archlab.bench.suites import select_suites, suite_names
 
     parser = OneLineParser(
         prog="python -m launch.benchmark",
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         suites = select_suites(args.suite or "all")
         if args.tiny and args.suite is None:
-            from bench.suites import supports_tiny
+            from archlab.bench.suites import supports_tiny
 
             suites = [name for name in suites if supports_tiny(name)]
     except BenchmarkError as e:
@@ -51,22 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     if "parallel" in suites:
         # Fake CPU devices for the parallel suite only, before anything imports jax: the other
         # suites run on one device as a user's training run does.
-        from bench.xla_flags import ensure_host_devices
+        from archlab.bench.xla_flags import ensure_host_devices
 
         ensure_host_devices(BENCHMARK_DEVICES)
     try:
         if args.tiny:
-            from bench.suites import supports_tiny
+            from archlab.bench.suites import supports_tiny
 
             without = [name for name in suites if not supports_tiny(name)]
             if without:
                 valid = [name for name in suite_names() if name != "all" and supports_tiny(name)]
                 raise BenchmarkError(f"--tiny is not available for suite(s) {', '.join(without)}; it is for: {', '.join(valid)}")
-        from bench.report import check_writable
+        from archlab.bench.report import check_writable
 
         check_writable(args.out)
         if args.profile:
-            from bench.suites import check_profile_dir
+            from archlab.bench.suites import check_profile_dir
 
             check_profile_dir(args.profile)
     except BenchmarkError as e:
@@ -74,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
 
     check_platform()
     quiet_logs()
-    from bench.machine import machine_info
-    from bench.report import markdown, write_json
-    from bench.suites import profiled, run_suite
-    from train.config import ConfigError
-    from train.data import DataError
-    from train.parallel import MeshError
+    from archlab.bench.machine import machine_info
+    from archlab.bench.report import markdown, write_json
+    from archlab.bench.suites import profiled, run_suite
+    from archlab.train.config import ConfigError
+    from archlab.train.data import DataError
+    from archlab.train.parallel import MeshError
 
     try:
         print("measuring peak matmul FLOP/s ...", file=sys.stderr, flush=True)

@@ -58,8 +58,8 @@ CONFIG_FILE_HELP = ("a config file, configs/NAME.py[:arg]: its get_config(arg) i
 def base_config_from_flags(model: str | None, config_file: str | None):
     """The config ``--config=FILE[:arg]`` loads (refused when ``--model`` names another model), else
     ``--model``'s default; bad input is one line and exit 2."""
-    from arch import UnknownModelError
-    from train.config import ConfigError, get_config, load_config_file
+    from archlab.arch import UnknownModelError
+    from archlab.train.config import ConfigError, get_config, load_config_file
 
     try:
         config = load_config_file(config_file) if config_file is not None else get_config(model)
@@ -74,7 +74,7 @@ def default_workdir(model: str, config_file: str | None) -> str:
     """runs/<model>, or runs/<file stem>[_<arg>] for a config file (so two presets never share one)."""
     if config_file is None:
         return f"runs/{model}"
-    from train.config import split_path_and_arg
+    from archlab.train.config import split_path_and_arg
 
     path, arg = split_path_and_arg(config_file)
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -90,7 +90,7 @@ def fail(message: str, code: int = 2) -> None:
 def check_platform() -> None:
     """One line and exit 2 when JAX_PLATFORMS asks for an accelerator whose jax plugin is missing
     (jax itself fails later with a bare AssertionError)."""
-    from train.platforms import missing_platform_plugin
+    from archlab.train.platforms import missing_platform_plugin
 
     problem = missing_platform_plugin()
     if problem:

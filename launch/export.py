@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 
-from launch.cli import OneLineParser, check_platform, fail, quiet_logs
+from archlab.launch.cli import OneLineParser, check_platform, fail, quiet_logs
 
 TENSORRT_SKIPPED = 3
 
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmark", action="store_true", help="also time every backend at the min and max batch (report's infer section)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from deploy import ExportError, ParityError
-    from deploy.pipeline import export_run, parse_batches, parse_formats, parse_precisions, supported_formats
+    from archlab.deploy import ExportError, ParityError
+    from archlab.deploy.pipeline import export_run, parse_batches, parse_formats, parse_precisions, supported_formats
 
     try:
         if args.formats is None:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # jax2onnx's serializer warns about untyped shape constants
-    from train.checkpoint import CheckpointError
+    from archlab.train.checkpoint import CheckpointError
 
     notify = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     try:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     print("\n".join(report["table"]))
     if "infer" in report:
-        from deploy.latency import latency_table
+        from archlab.deploy.latency import latency_table
 
         for name, results in report["infer"].items():
             print("\n".join(["", *latency_table(name, results)]))

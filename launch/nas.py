@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from launch.cli import HelpFormatter, OneLineParser, describe_config, fail, quiet_logs, split_config_overrides
+from archlab.launch.cli import HelpFormatter, OneLineParser, describe_config, fail, quiet_logs, split_config_overrides
 
 STRATEGY_CHOICES = ("evolution", "reinforce", "random", "grid", "all")
 
@@ -12,7 +12,7 @@ STRATEGY_CHOICES = ("evolution", "reinforce", "random", "grid", "all")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     flags, overrides = split_config_overrides(argv)
-    from train.nas.runner import COMPARED, SearchError, apply_nas_overrides, comparison_table, nas_config, run_strategies
+    from archlab.train.nas.runner import COMPARED, SearchError, apply_nas_overrides, comparison_table, nas_config, run_strategies
 
     parser = OneLineParser(
         prog="python -m launch.nas",
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     strategies = list(COMPARED) if args.strategy == "all" else [args.strategy]
 
     quiet_logs()
-    from train.loop import WorkdirError, check_workdir
-    from train.parallel import MeshError, initialize_distributed
+    from archlab.train.loop import WorkdirError, check_workdir
+    from archlab.train.parallel import MeshError, initialize_distributed
 
     try:
         p = config.parallel

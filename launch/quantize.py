@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from launch.cli import HelpFormatter, OneLineParser, fail, quiet_logs
+from archlab.launch.cli import HelpFormatter, OneLineParser, fail, quiet_logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     quiet_logs()
-    from train.checkpoint import CheckpointError
-    from train.data import DataError
-    from train.quantize import QuantizeError, quantize_run
+    from archlab.train.checkpoint import CheckpointError
+    from archlab.train.data import DataError
+    from archlab.train.quantize import QuantizeError, quantize_run
 
     try:
         report = quantize_run(args.workdir, calibration_batches=args.calibration_batches, out=args.out)

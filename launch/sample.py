@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from launch.cli import OneLineParser, fail, quiet_logs
+from archlab.launch.cli import OneLineParser, fail, quiet_logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logs()
     import jax
 
-    from arch import get_model_spec
-    from train.checkpoint import CheckpointError, load_run_info, restore_params
-    from train.data import DataError
-    from train.data.tokenizer import tokenizer_for_config
-    from train.sampling import generate_text
+    from archlab.arch import get_model_spec
+    from archlab.train.checkpoint import CheckpointError, load_run_info, restore_params
+    from archlab.train.data import DataError
+    from archlab.train.data.tokenizer import tokenizer_for_config
+    from archlab.train.sampling import generate_text
 
     try:
         config = load_run_info(args.workdir)["config"]

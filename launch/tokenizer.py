@@ -15,7 +15,7 @@ import re
 import sys
 import tempfile
 
-from launch.cli import OneLineParser, fail
+from archlab.launch.cli import OneLineParser, fail
 
 MAX_VOCAB = 2**31 - 1  # token ids are int32
 
@@ -62,7 +62,7 @@ def _text_file(path: str):
     if path:
         yield path
         return
-    from train.data.text import embedded_text
+    from archlab.train.data.text import embedded_text
 
     with tempfile.TemporaryDirectory() as directory:
         embedded = os.path.join(directory, "pydoc_topics.txt")
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     if bin_path:
         _check_writable(bin_path)
 
-    from train.data import DataError
-    from train.data.tokenizer import load_tokenizer, pretokenize, train_sentencepiece
+    from archlab.train.data import DataError
+    from archlab.train.data.tokenizer import load_tokenizer, pretokenize, train_sentencepiece
 
     source = os.path.abspath(args.data_path) if args.data_path else "pydoc_data.topics (stdlib)"
     data_flag = f" --config.data.path={os.path.abspath(args.data_path)}" if args.data_path else ""

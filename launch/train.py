@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 
-from launch.cli import (CONFIG_FILE_HELP, HelpFormatter, OneLineParser, base_config_from_flags, check_platform, default_workdir,
+from archlab.launch.cli import (CONFIG_FILE_HELP, HelpFormatter, OneLineParser, base_config_from_flags, check_platform, default_workdir,
                         describe_config, fail, quiet_logs, split_config_overrides)
 
 
@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     flags, overrides = split_config_overrides(argv)
 
-    from arch import MODELS, UnknownModelError
-    from train.config import ConfigError, apply_overrides, get_config
+    from archlab.arch import MODELS, UnknownModelError
+    from archlab.train.config import ConfigError, apply_overrides, get_config
 
     probe = OneLineParser(add_help=False)
     probe.add_argument("--model")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if saved_config is None and args.workdir is None:
         saved_config = _saved_config(workdir)
     if saved_config is not None:
-        from train.resume import shape_changes
+        from archlab.train.resume import shape_changes
 
         changes = shape_changes(saved_config, config, os.path.join(workdir, "config.json"))
         if changes:
@@ -83,17 +83,17 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_logs()
     if args.no_progress:  # cluster logs: a timestamped train line every train.log_every steps instead of the bar
-        from train.train_log import log_to_console
+        from archlab.train.train_log import log_to_console
 
         log_to_console()
-    from train.checkpoint import CheckpointError, CheckpointWriteError, NonFiniteStateError
-    from train.data import DataError
-    from train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
-    from train.memory_budget import OutOfMemoryError, is_out_of_memory
-    from train.parallel import MeshError
+    from archlab.train.checkpoint import CheckpointError, CheckpointWriteError, NonFiniteStateError
+    from archlab.train.data import DataError
+    from archlab.train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
+    from archlab.train.memory_budget import OutOfMemoryError, is_out_of_memory
+    from archlab.train.parallel import MeshError
 
     if args.summary:
-        from train.summary import summarize_model
+        from archlab.train.summary import summarize_model
 
         try:
             print(summarize_model(config).table())
@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             fail(str(e))
         return 0
     if args.dry_run:
-        from arch import get_model_spec
-        from train.data import make_dataset
+        from archlab.arch import get_model_spec
+        from archlab.train.data import make_dataset
 
-        from train.parallel import mesh_shape
-        from train.run import make_run_mesh
+        from archlab.train.parallel import mesh_shape
+        from archlab.train.run import make_run_mesh
 
         try:
             dataset = make_dataset(get_model_spec(config.model_name).task, config)
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         shape = ",".join(f"{axis}:{n}" for axis, n in mesh_shape(mesh).items()) if mesh is not None else "not checked (multi-process)"
         print(f"dry run OK: {source}, data {dataset.source} ({dataset.description}), mesh {shape}, workdir {workdir}")
         return 0
-    from train.parallel import initialize_distributed
+    from archlab.train.parallel import initialize_distributed
 
     try:
         p = config.parallel
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteLossError, NonFiniteStateError) as e:
         fail(str(e), code=1)
     except Exception as e:
-        from train.platforms import backend_error_line
+        from archlab.train.platforms import backend_error_line
 
         if backend_error_line(e):
             fail(backend_error_line(e))
@@ -156,8 +156,8 @@ def _saved_config(workdir: str | None):
     """The config of the run in ``workdir`` (its config.json), None without one; a bad file is one line."""
     if not workdir or not workdir.strip():
         return None
-    from train.config import ConfigError
-    from train.resume import read_run_config
+    from archlab.train.config import ConfigError
+    from archlab.train.resume import read_run_config
 
     try:
         return read_run_config(workdir)

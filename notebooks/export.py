@@ -28,13 +28,13 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from deploy.checkpoint import jit_runner, load_inference_model
-from deploy.latency import benchmark_backends, latency_table
-from deploy.onnx_export import onnxruntime_runner
-from deploy.pipeline import export_run
-from deploy.saved_model import saved_model_runner
-from train.config import apply_overrides, get_config
-from train.loop import train_and_evaluate
+from archlab.deploy.checkpoint import jit_runner, load_inference_model
+from archlab.deploy.latency import benchmark_backends, latency_table
+from archlab.deploy.onnx_export import onnxruntime_runner
+from archlab.deploy.pipeline import export_run
+from archlab.deploy.saved_model import saved_model_runner
+from archlab.train.config import apply_overrides, get_config
+from archlab.train.loop import train_and_evaluate
 
 SMOKE = os.environ.get("SMOKE") == "1"
 WORKDIR = "runs/notebooks/export/cnn"
@@ -112,7 +112,7 @@ runners = {"jax_jit": jit_runner(model),
 for precision in ("fp32", "fp16"):
     engine = report["formats"].get(f"tensorrt_{precision}", {}).get("path")
     if engine:  # only where a GPU and TensorRT built it
-        from deploy.tensorrt_engine import engine_runner
+        from archlab.deploy.tensorrt_engine import engine_runner
 
         runners[f"tensorrt_{precision}"] = engine_runner(engine, model)
 

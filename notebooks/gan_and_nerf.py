@@ -48,9 +48,9 @@ RUNS = "runs/notebooks/gan_and_nerf" + ("_smoke" if SMOKE else "")
 # a fixed batch of latents.
 
 # %%
-from deploy.checkpoint import load_inference_model
-from train.config import apply_overrides, get_config
-from train.loop import train_and_evaluate
+from archlab.deploy.checkpoint import load_inference_model
+from archlab.train.config import apply_overrides, get_config
+from archlab.train.loop import train_and_evaluate
 
 GAN_WORKDIR = os.path.join(RUNS, "gan")
 STAGES = [10] if SMOKE else [50, 150, 300, 500]  # smoke: one stage (resuming is tested in tests/)
@@ -76,8 +76,8 @@ print(f"final evaluation at step {gan_summary['step']}: {gan_summary['eval']}")
 # digits at the same resolution, for reference.
 
 # %%
-from train.checkpoint import load_run_info
-from train.image_data import load_images
+from archlab.train.checkpoint import load_run_info
+from archlab.train.image_data import load_images
 
 gan_run = load_run_info(GAN_WORKDIR)["config"]
 real = load_images(gan_run.data.path, gan_run.data.image_size, gan_run.data.val_fraction).x_train[: len(latents)]
@@ -98,7 +98,7 @@ plt.show()
 # gradient; the R1 penalty (`model.r1_gamma`) keeps it from getting there.
 
 # %%
-from train.metrics import read_metrics
+from archlab.train.metrics import read_metrics
 
 gan_records = [r for r in read_metrics(os.path.join(GAN_WORKDIR, "metrics.jsonl")) if r["split"] == "train"]
 steps = [r["step"] for r in gan_records]
@@ -123,7 +123,7 @@ plt.show()
 # images, so we can look at them. The mean of its per-view PSNRs is the loop's `psnr_view_mean`.
 
 # %%
-from train.nerf_views import psnr_per_image, render_held_out_views
+from archlab.train.nerf_views import psnr_per_image, render_held_out_views
 
 NERF_WORKDIR = os.path.join(RUNS, "nerf")
 nerf_overrides = {"train.steps": "300", "train.eval_every": "100", "checkpoint.every": "300"}

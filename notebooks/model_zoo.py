@@ -44,9 +44,9 @@ WORKDIR = "runs/notebooks/model_zoo/cnn" + ("_smoke" if SMOKE else "")
 # offline (`images` is scikit-learn's digits, `corpus` the stdlib's pydoc topics; see `train/data/`).
 
 # %%
-from arch import MODELS
-from train.config import apply_overrides, get_config
-from train.data import dataset_names
+from archlab.arch import MODELS
+from archlab.train.config import apply_overrides, get_config
+from archlab.train.data import dataset_names
 
 print(f"{'--model=':<16} {'module':<20} {'task':<15} {'data.dataset':<12} param groups")
 for name, spec in MODELS.items():
@@ -67,7 +67,7 @@ for name, spec in MODELS.items():
 # %%
 import time
 
-from train.summary import summarize_model
+from archlab.train.summary import summarize_model
 
 REPRESENTATIVES = ["cnn"] if SMOKE else [
     "mlp", "cnn", "resnet18", "inception", "nas_cell", "dehaze", "lstm", "lstm_classifier", "transformer", "gan", "nerf",
@@ -119,8 +119,8 @@ print(summaries["cnn"].table())
 # workdir run again resumes from its checkpoint instead of starting over.
 
 # %%
-from train.loop import train_and_evaluate
-from train.metrics import read_metrics
+from archlab.train.loop import train_and_evaluate
+from archlab.train.metrics import read_metrics
 
 overrides = {"train.steps": "300", "train.eval_every": "100", "checkpoint.every": "100"}
 if SMOKE:
@@ -157,8 +157,8 @@ plt.show()
 import treescope
 from IPython import get_ipython
 
-from deploy.checkpoint import load_inference_model
-from train.summary import parameter_rows
+from archlab.deploy.checkpoint import load_inference_model
+from archlab.train.summary import parameter_rows
 
 model = load_inference_model(WORKDIR)
 print(f"restored {model.model_name} at step {model.step}: input {model.input_name} {model.input_shape}, output {model.output_names}")
@@ -175,8 +175,8 @@ if get_ipython() is not None:
 # checkpoint must match the loop's last evaluation.
 
 # %%
-from train.checkpoint import load_run_info
-from train.image_data import load_images
+from archlab.train.checkpoint import load_run_info
+from archlab.train.image_data import load_images
 
 run_config = load_run_info(WORKDIR)["config"]
 images = load_images(run_config.data.path, run_config.data.image_size, run_config.data.val_fraction)

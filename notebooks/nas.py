@@ -42,15 +42,15 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-from arch.search_space import EDGES, NUM_ARCHITECTURES, OPS, all_genotypes, genotype_to_string, is_disconnected, op_frequencies
-from train.config import apply_overrides, get_config
-from train.loop import check_workdir, train_and_evaluate
-from train.metrics import read_metrics
-from train.nas.benchmark_table import generate_table
-from train.nas.history import best_so_far
-from train.nas.reinforce import controller_probabilities
-from train.nas.runner import Scorer, apply_nas_overrides, comparison_table, nas_config, run_one
-from train.nas.search import summarize_best
+from archlab.arch.search_space import EDGES, NUM_ARCHITECTURES, OPS, all_genotypes, genotype_to_string, is_disconnected, op_frequencies
+from archlab.train.config import apply_overrides, get_config
+from archlab.train.loop import check_workdir, train_and_evaluate
+from archlab.train.metrics import read_metrics
+from archlab.train.nas.benchmark_table import generate_table
+from archlab.train.nas.history import best_so_far
+from archlab.train.nas.reinforce import controller_probabilities
+from archlab.train.nas.runner import Scorer, apply_nas_overrides, comparison_table, nas_config, run_one
+from archlab.train.nas.search import summarize_best
 
 SMOKE = os.environ.get("SMOKE") == "1"  # SMOKE=1 shrinks every budget so the notebook runs in well under a minute
 ROOT = "runs/notebooks/nas" + ("_smoke" if SMOKE else "")  # a smoke run's budgets never resume into a full run's workdirs

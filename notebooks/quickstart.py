@@ -22,8 +22,8 @@ import os
 import jax
 import matplotlib.pyplot as plt
 
-from train.config import apply_overrides, get_config
-from train.loop import train_and_evaluate
+from archlab.train.config import apply_overrides, get_config
+from archlab.train.loop import train_and_evaluate
 
 SMOKE = os.environ.get("SMOKE") == "1"
 WORKDIR = "runs/notebooks/quickstart"
@@ -62,7 +62,7 @@ print({k: v for k, v in summary.items() if k in ("step", "eval", "train_seconds"
 # metrics. Held-out loss is in nats per byte; `bits_per_byte` is the same number in bits.
 
 # %%
-from train.metrics import read_metrics  # noqa: E402
+from archlab.train.metrics import read_metrics  # noqa: E402
 
 records = read_metrics(os.path.join(WORKDIR, "metrics.jsonl"))
 train_points = [(r["step"], r["loss"]) for r in records if r["split"] == "train" and "loss" in r]
@@ -83,9 +83,9 @@ print("last held-out record:", eval_points and [r for r in records if r["split"]
 # `generate` decodes with a KV cache (what `python -m launch.sample` does).
 
 # %%
-from arch import get_model_spec  # noqa: E402
-from train.checkpoint import restore_params  # noqa: E402
-from train.sampling import generate  # noqa: E402
+from archlab.arch import get_model_spec  # noqa: E402
+from archlab.train.checkpoint import restore_params  # noqa: E402
+from archlab.train.sampling import generate  # noqa: E402
 
 run_config, params, _, step = restore_params(WORKDIR)
 decoder = get_model_spec(run_config.model_name).make_module(run_config.model, decode=True)

@@ -7,7 +7,7 @@ import sys
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from train.xla_flags import relax_fake_device_collectives  # noqa: E402  (imports no jax)
+from archlab.train.xla_flags import relax_fake_device_collectives  # noqa: E402  (imports no jax)
 
 relax_fake_device_collectives()  # 8 fake devices on 2 loaded cores: no rendezvous abort after 40 s (JAX issue 31818)
 
@@ -35,7 +35,7 @@ TINY = {
 
 def tiny_config(model: str = "transformer", **overrides):
     """A seconds-sized config; keyword overrides use '__' for '.', e.g. train__steps=6."""
-    from train.config import apply_overrides, get_config
+    from archlab.train.config import apply_overrides, get_config
 
     base = get_config(model)
     values = {k: v for k, v in TINY.items() if k.split(".")[1] in base[k.split(".")[0]]}  # keys this family has

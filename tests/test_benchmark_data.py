@@ -7,8 +7,8 @@ import tempfile
 
 import pytest
 
-from bench import data as data_suite
-from bench.suites import select_suites, supports_tiny
+from archlab.bench import data as data_suite
+from archlab.bench.suites import select_suites, supports_tiny
 
 DEFAULT_KEYS = {"pipeline_per_s", "pipeline_sync_per_s", "step_per_s", "unit", "pipeline_over_step", "ok"}
 PIPELINE_KEYS = {"unit", "workers", "batch"}
@@ -87,12 +87,12 @@ def test_markdown_flags_a_bottleneck():
 
 
 def test_a_failing_worker_pipeline_is_reported_not_raised(monkeypatch):
-    import train.data
+    from archlab.train import data as train_data
 
     def broken(*args, **kwargs):
         raise RuntimeError("worker process was terminated\nunexpectedly")
 
-    monkeypatch.setattr(train.data, "make_dataset", broken)
+    monkeypatch.setattr(train_data, "make_dataset", broken)
     settings = {"file_batches": 1, "file_warmup": 0}
     record = data_suite.measure_pipeline("tfrecord", "/nonexistent", 2, tiny=True, **settings)
     assert record["error"] == "RuntimeError: worker process was terminated unexpectedly" and record["workers"] == 2

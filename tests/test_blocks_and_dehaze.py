@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from conftest import REPO, cli_env, tiny_config
 
-from arch import get_model_spec
-from arch.layers import ConvUnit, InceptionBlock, ResidualBlock, dehaze, dehaze_reference, scatter
-from train.data import make_dataset
-from train.image_data import apply_haze, hazy_stream, haze_parameters, load_images, synthesize_haze
-from train.loop import train_and_evaluate
-from train.state import init_train_state, make_optimizer, param_count
-from train.step import make_train_step
-from train.tasks import get_task
+from archlab.arch import get_model_spec
+from archlab.arch.layers import ConvUnit, InceptionBlock, ResidualBlock, dehaze, dehaze_reference, scatter
+from archlab.train.data import make_dataset
+from archlab.train.image_data import apply_haze, hazy_stream, haze_parameters, load_images, synthesize_haze
+from archlab.train.loop import train_and_evaluate
+from archlab.train.state import init_train_state, make_optimizer, param_count
+from archlab.train.step import make_train_step
+from archlab.train.tasks import get_task
 
 T_MIN = 0.05
 

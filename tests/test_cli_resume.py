@@ -126,7 +126,7 @@ def test_help_shows_defaults(entry):
 
 def test_benchmark_tiny_without_suite_runs_every_tiny_suite(tmp_path):
     """Runs train, compile and data on tiny shapes, one repeat each (the suites with a tiny mode)."""
-    from bench.suites import SUITES, supports_tiny
+    from archlab.bench.suites import SUITES, supports_tiny
 
     out = tmp_path / "bench.json"
     proc = run_cli("launch.benchmark", "--tiny", "--repeats=1", f"--out={out}", timeout=240)
@@ -136,7 +136,7 @@ def test_benchmark_tiny_without_suite_runs_every_tiny_suite(tmp_path):
 
 
 def test_export_without_formats_exports_what_this_machine_can(tmp_path):
-    from deploy.pipeline import supported_formats
+    from archlab.deploy.pipeline import supported_formats
 
     workdir = tmp_path / "cnn"
     flags = ["--config.train.steps=2", "--config.train.batch_size=8", "--config.train.warmup_steps=1", "--config.train.eval_every=2",

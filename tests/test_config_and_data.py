@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from arch import UnknownModelError
-from train import data as data_lib
-from train.data import text as text_lib
-from train.config import ConfigError, apply_overrides, get_config
+from archlab.arch import UnknownModelError
+from archlab.train import data as data_lib
+from archlab.train.data import text as text_lib
+from archlab.train.config import ConfigError, apply_overrides, get_config
 
 
 def test_contract_keys_exist_and_overrides_are_typed():

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from conftest import REPO, assert_one_line_error, run_cli
 
-from arch import MODELS, get_model_spec
-from launch.train import main as train_main
-from train.config import ConfigError, apply_overrides, get_config, load_config_file, resolve_config
-from train.loop import train_and_evaluate
+from archlab.arch import MODELS, get_model_spec
+from archlab.launch.train import main as train_main
+from archlab.train.config import ConfigError, apply_overrides, get_config, load_config_file, resolve_config
+from archlab.train.loop import train_and_evaluate
 
 FILES = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                if os.path.basename(p) not in ("__init__.py", "base.py"))
 REFS = [f + (f":{arg}" if arg else "") for f in FILES
-        for arg in (importlib.import_module(f"configs.{os.path.basename(f)[:-3]}").ARGS or ("",))]
+        for arg in (importlib.import_module(f"archlab.configs.{os.path.basename(f)[:-3]}").ARGS or ("",))]
 
 
 def _param_count(config) -> int:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, cli_env
-from train.data.records import image_example, write_tfrecord
-from train.data.tokenizer import ByteTokenizer, pretokenize
+from archlab.train.data.records import image_example, write_tfrecord
+from archlab.train.data.tokenizer import ByteTokenizer, pretokenize
 
 
 def _train(*flags, timeout=300):
@@ -117,7 +117,7 @@ def test_a_token_file_of_the_wrong_dtype_or_size(tmp_path, byte_tokens):
 
 def test_a_tokenizer_that_does_not_match_the_tokens(tmp_path, byte_tokens):
     pytest.importorskip("sentencepiece")
-    from train.data.tokenizer import train_sentencepiece
+    from archlab.train.data.tokenizer import train_sentencepiece
 
     text = tmp_path / "t.txt"
     text.write_text("".join(f"line {i} of some text, with words that repeat and repeat\n" for i in range(2000)))

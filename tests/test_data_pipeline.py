@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import tiny_config
-from train.data import DataError, make_dataset
-from train.data.image_folder import decode_image
-from train.data.pipeline import TrainStream, array_stream
-from train.data.records import image_example, write_array_record, write_tfrecord
-from train.image_data import load_images
+from archlab.train.data import DataError, make_dataset
+from archlab.train.data.image_folder import decode_image
+from archlab.train.data.pipeline import TrainStream, array_stream
+from archlab.train.data.records import image_example, write_array_record, write_tfrecord
+from archlab.train.image_data import load_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,7 +121,7 @@ def test_worker_processes_give_the_same_batches_and_resume_exactly(tmp_path):
     script.write_text(textwrap.dedent("""
         import json, sys
         import numpy as np
-        from train.data.pipeline import array_stream
+        from archlab.train.data.pipeline import array_stream
 
         def main():
             arrays = {"x": np.arange(64, dtype=np.float32)[:, None]}
@@ -164,7 +164,7 @@ def test_bad_pipeline_fields_are_one_line_errors(field, value, message):
 
 def test_decode_happens_in_the_pipeline_not_up_front(tmp_path, monkeypatch):
     """Building the dataset reads the file index and a statistics sample, not every image."""
-    import train.data.records as records
+    import archlab.train.data.records as records
 
     write_tfrecord(str(tmp_path / "toy-train.tfrecord"), _examples(64, np.random.default_rng(2)))
     calls = []
@@ -177,7 +177,7 @@ def test_decode_happens_in_the_pipeline_not_up_front(tmp_path, monkeypatch):
 
 
 def test_grain_shuffle_order_covers_each_epoch_and_any_process_count_sees_the_same_global_batch():
-    from train.data.pipeline import GrainShuffleOrder, record_stream
+    from archlab.train.data.pipeline import GrainShuffleOrder, record_stream
 
     order = GrainShuffleOrder(24, 6, seed=5)
     epochs = [np.concatenate([order(p) for p in range(e * 4, e * 4 + 4)]) for e in range(2)]
@@ -189,7 +189,7 @@ def test_grain_shuffle_order_covers_each_epoch_and_any_process_count_sees_the_sa
 
 
 def test_sample_top_k_is_checked_against_the_models_vocabulary():
-    from train.config import ConfigError
+    from archlab.train.config import ConfigError
 
     assert tiny_config("transformer", model__vocab_size="1024", sample__top_k="500").sample.top_k == 500
     with pytest.raises(ConfigError, match=r"sample.top_k must be in \[0, 1024\]"):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train.data import DataError
-from train.data.image_folder import ImageFolderSource, decode_image, image_folder_splits, resize_image
-from train.data.records import (ArrayRecordSource, TFRecordSource, crc32c, encode_example, image_example,
+from archlab.train.data import DataError
+from archlab.train.data.image_folder import ImageFolderSource, decode_image, image_folder_splits, resize_image
+from archlab.train.data.records import (ArrayRecordSource, TFRecordSource, crc32c, encode_example, image_example,
                                 parse_example, record_split_files, write_array_record, write_tfrecord)
 
 

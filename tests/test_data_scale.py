@@ -16,7 +16,7 @@ BOUND_MB = 300  # the issue's bound: peak resident memory at most this much abov
 
 _MEASURE = """
 import json, resource, sys
-from launch.train import main
+from archlab.launch.train import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli, tiny_config
-from train.checkpoint import restore_params
-from train.config import ConfigError
-from train.distill import Teacher, TeacherError, distillation_loss, distillation_task, load_teacher
-from train.loop import train_and_evaluate
-from train.tasks import CLASSIFICATION
+from archlab.train.checkpoint import restore_params
+from archlab.train.config import ConfigError
+from archlab.train.distill import Teacher, TeacherError, distillation_loss, distillation_task, load_teacher
+from archlab.train.loop import train_and_evaluate
+from archlab.train.tasks import CLASSIFICATION
 
 SMALL_CNN = dict(model__channels="4,8", model__dense="16", data__image_size="0", train__warmup_steps="1")
 quiet = dict(progress=False, echo=lambda *a: None)
@@ -52,9 +52,9 @@ def test_teacher_logits_enter_the_train_step():
     import flax.linen as nn
     import optax
 
-    from arch import get_model_spec
-    from train.state import init_train_state
-    from train.step import make_train_step
+    from archlab.arch import get_model_spec
+    from archlab.train.state import init_train_state
+    from archlab.train.step import make_train_step
 
     module = get_model_spec("cnn").make_module(tiny_config("cnn", **SMALL_CNN).model)
     rng = np.random.default_rng(0)

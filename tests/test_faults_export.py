@@ -185,8 +185,8 @@ def read_only(scratch):
 
 
 def test_parity_fails_on_nan_or_inf_on_either_side():
-    from deploy import ParityError
-    from deploy.parity import check_parity, parity_table, raise_on_failure
+    from archlab.deploy import ParityError
+    from archlab.deploy.parity import check_parity, parity_table, raise_on_failure
 
     x = {2: np.linspace(-1, 1, 12, dtype=np.float32).reshape(2, 6)}
     finite = lambda x: [x * 3.0]  # noqa: E731
@@ -215,8 +215,8 @@ def test_parity_fails_on_nan_or_inf_on_either_side():
 def _save_overflowing_step(workdir, step=6, scale=1e30):
     """A finite newest step whose params are the trained ones times ``scale``: restore accepts it,
     and the mlp's logits overflow float32 to inf/NaN."""
-    from train.checkpoint import Checkpointer, load_run_info
-    from train.run import Run
+    from archlab.train.checkpoint import Checkpointer, load_run_info
+    from archlab.train.run import Run
 
     run = Run(load_run_info(workdir)["config"])
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=10)
@@ -251,16 +251,16 @@ def test_export_of_a_model_whose_own_outputs_are_nonfinite_exits_1(mlp_run, scra
 
 @needs_onnx
 def test_export_whose_backend_outputs_nan_exits_1_naming_it(mlp_run, scratch, monkeypatch, capsys):
-    import deploy.onnx_export
-    from launch import export
+    from archlab.deploy import onnx_export
+    from archlab.launch import export
 
-    real = deploy.onnx_export.onnxruntime_runner
+    real = onnx_export.onnxruntime_runner
 
     def nan_runner(model, path):
         run = real(model, path)
         return lambda x: [np.full_like(y, np.nan) for y in run(x)]
 
-    monkeypatch.setattr(deploy.onnx_export, "onnxruntime_runner", nan_runner)
+    monkeypatch.setattr(onnx_export, "onnxruntime_runner", nan_runner)
     out = out_dir(scratch, "backend_nan")
     with pytest.raises(SystemExit) as exit_:
         export.main([f"--workdir={mlp_run}", "--formats=onnx", f"--out={out}"])

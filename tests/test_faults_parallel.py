@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import REPO, assert_one_line_error, cli_env
 
-from train.xla_flags import COLLECTIVE_TIMEOUTS, relax_fake_device_collectives, with_collective_timeouts
+from archlab.train.xla_flags import COLLECTIVE_TIMEOUTS, relax_fake_device_collectives, with_collective_timeouts
 
 TIMEOUT = 5
 
@@ -47,7 +47,7 @@ def test_a_missing_peer_or_coordinator_fails_in_one_line_within_the_timeout(tmp_
 
 
 def test_nas_has_the_initialization_timeout_too(tmp_path):
-    from train.nas.runner import SearchError, apply_nas_overrides, nas_config
+    from archlab.train.nas.runner import SearchError, apply_nas_overrides, nas_config
 
     assert nas_config().parallel.initialization_timeout_s == 120
     with pytest.raises(SearchError, match="parallel.initialization_timeout_s must be >= 1"):

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from arch import get_model_spec
-from train.gan_data import RING_STD, ring_centers
-from train.loop import train_and_evaluate
-from train.state import init_train_state, make_optimizer, param_count
-from train.step import make_train_step
-from train.tasks import get_task, mode_coverage, mode_coverage_sums
+from archlab.arch import get_model_spec
+from archlab.train.gan_data import RING_STD, ring_centers
+from archlab.train.loop import train_and_evaluate
+from archlab.train.state import init_train_state, make_optimizer, param_count
+from archlab.train.step import make_train_step
+from archlab.train.tasks import get_task, mode_coverage, mode_coverage_sums
 
 TINY_GAN = dict(model__latent_dim="8", model__style_dim="16", model__mapping_layers="2", model__width="16",
                 model__synthesis_layers="1", model__disc_width="16", model__disc_layers="2", train__batch_size="32",
@@ -62,7 +62,7 @@ def test_each_player_gets_exactly_its_own_loss_gradient_and_all_are_finite_nonze
     _, state = _state(config, module, real[:1])
     rng = jax.random.PRNGKey(3)
     combined = jax.grad(lambda p: task.loss_fn(module, p, {}, {"inputs": real}, rng, True)[0])(state.params)
-    from train.tasks import _gan_losses
+    from archlab.train.tasks import _gan_losses
 
     d_grad = jax.grad(lambda p: _gan_losses(module, p, {"inputs": real}, rng, module.r1_gamma)[0])(state.params)
     g_grad = jax.grad(lambda p: _gan_losses(module, p, {"inputs": real}, rng, module.r1_gamma)[1])(state.params)
@@ -112,7 +112,7 @@ def test_generator_fits_a_fixed_batch():
 @pytest.mark.parametrize("in_size,out_size", [(16, 12), (8, 6), (32, 20), (8, 5), (4, 7)])
 def test_linear_resize_as_matmuls_equals_jax_image_resize(in_size, out_size):
     """Shrinking (antialiased) and growing: the two constant matmuls are jax.image.resize "linear"."""
-    from arch.gan import linear_resize_square
+    from archlab.arch.gan import linear_resize_square
 
     x = jax.random.normal(jax.random.PRNGKey(in_size * out_size), (3, in_size, in_size, 5))
     expected = jax.image.resize(x, (3, out_size, out_size, 5), "linear")
@@ -122,7 +122,7 @@ def test_linear_resize_as_matmuls_equals_jax_image_resize(in_size, out_size):
 
 def test_generator_at_a_non_power_of_two_size_is_unchanged_by_the_matmul_resize(monkeypatch):
     """A 12x12 generator (4 -> 8 -> 16, then resized to 12) gives what it gave with jax.image.resize."""
-    import arch.gan as gan
+    import archlab.arch.gan as gan
 
     _, module = _gan((12, 12, 1))
     z = jax.random.normal(jax.random.PRNGKey(1), (4, 8))
@@ -135,7 +135,7 @@ def test_generator_at_a_non_power_of_two_size_is_unchanged_by_the_matmul_resize(
 
 
 def test_minibatch_std_feature_sees_a_collapsed_batch():
-    from arch.gan import minibatch_std
+    from archlab.arch.gan import minibatch_std
 
     spread = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
     collapsed = jnp.ones((8, 3))

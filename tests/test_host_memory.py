@@ -6,7 +6,7 @@ import sys
 import pytest
 from conftest import REPO, assert_one_line_error, cli_env, run_cli
 
-from train import host_memory
+from archlab.train import host_memory
 
 glibc = pytest.mark.skipif(host_memory._glibc() is None, reason="the policy's mallopt knobs exist only in glibc (Linux)")
 
@@ -16,7 +16,7 @@ glibc = pytest.mark.skipif(host_memory._glibc() is None, reason="the policy's ma
 # time (more often when other processes load the machine), but calls that reuse it fault nothing.
 FAULTS_PER_CALL = """
 import resource, train, jax, jax.numpy as jnp
-from train import host_memory
+from archlab.train import host_memory
 f = jax.jit(lambda x: (jnp.sin(x) @ jnp.cos(x) + jnp.exp(x)).sum())
 x = jnp.ones((2048, 2048))
 for _ in range(2):

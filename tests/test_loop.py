@@ -7,8 +7,8 @@ import jax
 import numpy as np
 from conftest import tiny_config
 
-from train.checkpoint import restore_params
-from train.loop import train_and_evaluate
+from archlab.train.checkpoint import restore_params
+from archlab.train.loop import train_and_evaluate
 
 
 def _params(workdir):
@@ -18,8 +18,8 @@ def _params(workdir):
 
 def _params_at(workdir, step):
 
-    from train.checkpoint import Checkpointer
-    from train.run import Run
+    from archlab.train.checkpoint import Checkpointer
+    from archlab.train.run import Run
 
     config = tiny_config(parallel__mesh="data:1")
     run = Run(config)

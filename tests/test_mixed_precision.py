@@ -15,11 +15,11 @@ BF16_LOSS_TOLERANCE = 0.02  # |loss_bf16 - loss_f32| per step on the tiny CNN (b
 
 def _steps(config, tx=None, count=4):
     """Losses of ``count`` train steps of ``config`` on the same batches, plus the final state."""
-    from arch import get_model_spec
-    from train.data import make_dataset
-    from train.state import init_train_state, make_optimizer
-    from train.step import make_train_step
-    from train.tasks import get_task
+    from archlab.arch import get_model_spec
+    from archlab.train.data import make_dataset
+    from archlab.train.state import init_train_state, make_optimizer
+    from archlab.train.step import make_train_step
+    from archlab.train.tasks import get_task
 
     spec = get_model_spec(config.model_name)
     module = spec.make_module(config.model)
@@ -45,7 +45,7 @@ def test_bf16_step_matches_f32_within_tolerance_and_keeps_f32_params():
 
 
 def test_bf16_really_computes_in_bf16():
-    from arch.cnn import CNN
+    from archlab.arch.cnn import CNN
 
     module = CNN(channels=(4,), dense=8, dtype=jnp.bfloat16)
     x = jnp.ones((1, 8, 8, 1))
@@ -55,7 +55,7 @@ def test_bf16_really_computes_in_bf16():
 
 
 def test_dynamic_loss_scale_halves_on_overflow_and_grows_after_n_good_steps():
-    from train.loss_scale import LossScaleState, dynamic_loss_scale
+    from archlab.train.loss_scale import LossScaleState, dynamic_loss_scale
 
     tx = dynamic_loss_scale(optax.adam(0.1), initial_scale=1024.0, growth_interval=3)
     params = {"w": jnp.ones(3)}
@@ -81,7 +81,7 @@ def test_dynamic_loss_scale_halves_on_overflow_and_grows_after_n_good_steps():
 
 
 def test_float16_step_skips_overflow_halves_the_scale_and_then_trains():
-    from train.loss_scale import dynamic_loss_scale
+    from archlab.train.loss_scale import dynamic_loss_scale
 
     config = tiny_config("cnn", model__dtype="float16", **CNN_TINY)
     assert config.train.loss_scaling == "dynamic"  # auto -> dynamic for float16
@@ -99,9 +99,9 @@ def test_float16_step_skips_overflow_halves_the_scale_and_then_trains():
 
 
 def test_loss_scale_lives_in_the_checkpoint(tmp_path):
-    from train.checkpoint import Checkpointer
-    from train.loop import train_and_evaluate
-    from train.run import Run
+    from archlab.train.checkpoint import Checkpointer
+    from archlab.train.loop import train_and_evaluate
+    from archlab.train.run import Run
 
     config = tiny_config("cnn", model__dtype="float16", train__steps=4, train__log_every=2, train__eval_every=2,
                          checkpoint__every=2, **CNN_TINY)
@@ -114,7 +114,7 @@ def test_loss_scale_lives_in_the_checkpoint(tmp_path):
 
 
 def test_bad_precision_inputs_get_one_line():
-    from train.config import ConfigError
+    from archlab.train.config import ConfigError
 
     with pytest.raises(ConfigError, match="model.dtype must be one of float32, bfloat16, float16"):
         tiny_config("cnn", model__dtype="float8")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import REPO, cli_env, tiny_config
 
-from arch import get_model_spec
-from arch.nas_cell import CellNet, NASCellNet, init_member, member_logits
-from arch.search_space import genotype_from_string
+from archlab.arch import get_model_spec
+from archlab.arch.nas_cell import CellNet, NASCellNet, init_member, member_logits
+from archlab.arch.search_space import genotype_from_string
 
 FOUND = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 ALL_OPS = "|nor_conv_1x1~0|+|avg_pool_3x3~0|skip_connect~1|+|none~0|nor_conv_3x3~1|nor_conv_1x1~2|"
@@ -48,7 +48,7 @@ def test_registry_default_config_builds_a_16x16_model():
 
 
 def test_image_size_not_divisible_by_4_is_rejected():
-    from train.config import ConfigError
+    from archlab.train.config import ConfigError
 
     with pytest.raises(ConfigError, match="image_size must be divisible by 4"):
         tiny_config("nas_cell", data__image_size="10")
@@ -70,7 +70,7 @@ def test_cli_rejects_a_bad_genotype_with_one_line():
 
 
 def test_tiny_training_run_learns_digits(tmp_path):
-    from train.loop import train_and_evaluate
+    from archlab.train.loop import train_and_evaluate
 
     config = tiny_config("nas_cell", train__steps=60, train__batch_size=32, parallel__mesh="data:1", model__channels="4",
                          model__genotype=FOUND, train__eval_every=1000, checkpoint__every=1000)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import REPO, cli_env
 
-from train.nas.benchmark_table import generate_table
-from train.nas.runner import apply_nas_overrides, nas_config, run_strategies
+from archlab.train.nas.benchmark_table import generate_table
+from archlab.train.nas.runner import apply_nas_overrides, nas_config, run_strategies
 
 QUIET = dict(echo=lambda *a, **k: None)
 
@@ -74,8 +74,8 @@ def test_training_scorer_end_to_end_through_the_cli(tmp_path):
 def test_training_scorer_is_one_chunked_program_and_shards_over_devices(monkeypatch):
     """A batch of 6 codes with scorer.chunk=4 is one train_population call (2 chunks by lax.map,
     padded); scorer.devices=2 splits each chunk over 2 devices and gives the same scores."""
-    from train.nas import population
-    from train.nas.runner import Scorer
+    from archlab.train.nas import population
+    from archlab.train.nas.runner import Scorer
 
     small = {"search.steps_per_member": "3", "scorer.chunk": "4", "scorer.channels": "4", "scorer.image_size": "8"}
     codes = np.array([[3, 2, 1, 4, 0, 3], [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3], [4, 0, 2, 1, 3, 2], [2, 3, 0, 3, 2, 1],
@@ -148,7 +148,7 @@ def test_two_processes_share_one_population_and_match_one_process(tmp_path):
 
 
 def test_search_shows_progress_per_member_batch_unless_no_progress(tmp_path):
-    from train.nas.benchmark_table import generate_table
+    from archlab.train.nas.benchmark_table import generate_table
 
     table = str(tmp_path / "table.csv")
     generate_table(table)

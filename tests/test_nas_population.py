@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arch import nas_cell
-from arch.search_space import genotype_from_string
-from train.nas.population import PopulationData, train_member, train_population
+from archlab.arch import nas_cell
+from archlab.arch.search_space import genotype_from_string
+from archlab.train.nas.population import PopulationData, train_member, train_population
 
 NET = nas_cell.CellNet(channels=4)
 CODES = np.array([
@@ -96,7 +96,7 @@ def whole_init(rng):
 
 
 def test_a_chunk_that_does_not_fit_is_refused_before_compiling(data, monkeypatch):
-    from train.nas import population
+    from archlab.train.nas import population
 
     needed = population.estimate_memory_bytes(4, batch_size=8, val_size=16, image_size=8, channels=4)
     assert needed == 4 * 8 * 8 * 4 * 4 * (20 * 8 + 15 * 16)

@@ -9,14 +9,14 @@ import optax
 import pytest
 from conftest import REPO, cli_env
 
-from arch.nas_cell import CellNet
-from arch.search_space import DenseSpace, HyperparameterSpace, genotype_from_string
-from launch.nas import main as nas_main
-from train.nas.dense_population import ACTIVATIONS, init_dense_population, train_dense_population
-from train.nas.hparam_population import shape_groups, shared_init, train_hyperparameters
-from train.nas.population import digits_data, train_population
-from train.nas.search import run_search
-from train.nas.small_jit import small_jit
+from archlab.arch.nas_cell import CellNet
+from archlab.arch.search_space import DenseSpace, HyperparameterSpace, genotype_from_string
+from archlab.launch.nas import main as nas_main
+from archlab.train.nas.dense_population import ACTIVATIONS, init_dense_population, train_dense_population
+from archlab.train.nas.hparam_population import shape_groups, shared_init, train_hyperparameters
+from archlab.train.nas.population import digits_data, train_population
+from archlab.train.nas.search import run_search
+from archlab.train.nas.small_jit import small_jit
 
 CELL = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|avg_pool_3x3~1|nor_conv_3x3~2|"
 
@@ -112,7 +112,7 @@ def test_hyperparameter_groups_equal_separate_training_per_member(digits8):
 
 
 def test_hyperparameter_calls_are_padded_and_repeats_trained_once(monkeypatch, digits8):
-    import train.nas.hparam_population as hp
+    import archlab.train.nas.hparam_population as hp
 
     calls = []
 

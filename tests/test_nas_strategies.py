@@ -8,15 +8,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train.nas.benchmark_table import (CELL_CHOICES, TableError, generate_table, genotype_from_string,
+from archlab.train.nas.benchmark_table import (CELL_CHOICES, TableError, generate_table, genotype_from_string,
                                        genotype_to_string, is_connected, load_table)
-from train.nas.evolution import evolution_step, init_evolution
-from train.nas.history import best_so_far
-from train.nas.reinforce import controller_probabilities, init_reinforce, reinforce_step, sample_architectures
-from train.nas.search import init_search, run_search, summarize_best
-from train.nas.search_config import search_config
-from train.nas.small_jit import small_jit
-from train.nas.space_ops import codes_from_indices, indices_from_codes, mutate, random_codes
+from archlab.train.nas.evolution import evolution_step, init_evolution
+from archlab.train.nas.history import best_so_far
+from archlab.train.nas.reinforce import controller_probabilities, init_reinforce, reinforce_step, sample_architectures
+from archlab.train.nas.search import init_search, run_search, summarize_best
+from archlab.train.nas.search_config import search_config
+from archlab.train.nas.small_jit import small_jit
+from archlab.train.nas.space_ops import codes_from_indices, indices_from_codes, mutate, random_codes
 
 GENERIC = (4, 1, 6)  # a small non-cell space, with a decision that has one choice; tests share its compiles
 STRATEGY_CFG = {"search": {"population": 6, "sample_size": 3, "children_per_cycle": 4, "batch_size": 7,

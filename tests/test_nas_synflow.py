@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from arch import nas_cell
-from arch.search_space import genotype_from_string
-from train.nas.scorer import score_batch
-from train.nas.synflow import WEIGHTS, make_synflow_scorer, synflow_of_params, synflow_scores
+from archlab.arch import nas_cell
+from archlab.arch.search_space import genotype_from_string
+from archlab.train.nas.scorer import score_batch
+from archlab.train.nas.synflow import WEIGHTS, make_synflow_scorer, synflow_of_params, synflow_scores
 
 SKIP_ONLY = genotype_from_string("|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|")
 CONV1_ONLY = genotype_from_string("|none~0|+|none~0|none~1|+|nor_conv_1x1~0|none~1|none~2|")

@@ -10,8 +10,8 @@ import optax
 import pytest
 from conftest import assert_one_line_error, run_cli, tiny_cli_flags, tiny_config
 
-from train.optimizers import OPTIMIZERS, SCHEDULES, ema_update
-from train.state import learning_rate_schedule, make_optimizer
+from archlab.train.optimizers import OPTIMIZERS, SCHEDULES, ema_update
+from archlab.train.state import learning_rate_schedule, make_optimizer
 
 
 def _train_config(**overrides):
@@ -105,7 +105,7 @@ def test_ema_update_matches_the_closed_form():
 
 
 def test_train_step_keeps_the_ema_and_evaluation_reads_it():
-    from train.run import Run
+    from archlab.train.run import Run
 
     decay = 0.7
     run = Run(tiny_config(train__ema_decay=decay, train__steps=5))
@@ -124,9 +124,9 @@ def test_train_step_keeps_the_ema_and_evaluation_reads_it():
 
 
 def test_ema_survives_resume_and_restore_params_returns_it(tmp_path):
-    from train.checkpoint import Checkpointer, restore_params
-    from train.loop import train_and_evaluate
-    from train.run import Run
+    from archlab.train.checkpoint import Checkpointer, restore_params
+    from archlab.train.loop import train_and_evaluate
+    from archlab.train.run import Run
 
     quiet = dict(progress=False, echo=lambda *a: None)
     config = tiny_config("mlp", train__ema_decay=0.8, train__steps=8, checkpoint__every=4, train__eval_every=100)
@@ -146,8 +146,8 @@ def test_ema_survives_resume_and_restore_params_returns_it(tmp_path):
 def test_a_checkpoint_from_before_ema_restores_with_ema_off(tmp_path):
     from flax import struct
 
-    from train.checkpoint import Checkpointer
-    from train.run import Run
+    from archlab.train.checkpoint import Checkpointer
+    from archlab.train.run import Run
 
     @struct.dataclass
     class OldTrainState:  # TrainState before ema_params existed
@@ -172,7 +172,7 @@ def test_a_checkpoint_from_before_ema_restores_with_ema_off(tmp_path):
 
 
 def test_top_p():
-    from train.sampling import sample_logits
+    from archlab.train.sampling import sample_logits
 
     logits = jax.random.normal(jax.random.PRNGKey(0), (4, 50)) * 3
     keys = jax.random.split(jax.random.PRNGKey(1), 64)

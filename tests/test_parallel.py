@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from conftest import REPO, cli_env, tiny_cli_flags, tiny_config
 
-from train import parallel
-from train.checkpoint import restore_params
-from train.loop import train_and_evaluate
-from train.run import Run
+from archlab.train import parallel
+from archlab.train.checkpoint import restore_params
+from archlab.train.loop import train_and_evaluate
+from archlab.train.run import Run
 
 STEPS = 3
 QUIET = dict(progress=False, echo=lambda *a: None)

@@ -6,8 +6,8 @@ import pytest
 from conftest import tiny_config
 from jax.sharding import NamedSharding, PartitionSpec
 
-from train import parallel
-from train.placement import param_placements, placement_table, spec_table
+from archlab.train import parallel
+from archlab.train.placement import param_placements, placement_table, spec_table
 
 
 def _placed(mesh):
@@ -31,7 +31,7 @@ def test_placement_table_totals_whole_model_and_one_device_share():
 
 
 def test_spec_table_puts_layouts_side_by_side():
-    from train.run import Run
+    from archlab.train.run import Run
 
     shardings = {r: Run(tiny_config(model__num_heads="4", parallel__mesh="data:2,model:4", parallel__rules=r)).state_shardings.params
                  for r in ("data_parallel", "tensor_parallel")}

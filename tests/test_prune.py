@@ -8,12 +8,12 @@ import optax
 import pytest
 from conftest import assert_one_line_error, run_cli, tiny_config
 
-from train import prune
-from train.checkpoint import Checkpointer
-from train.config import ConfigError
-from train.loop import train_and_evaluate
-from train.run import Run
-from train.state import make_optimizer
+from archlab.train import prune
+from archlab.train.checkpoint import Checkpointer
+from archlab.train.config import ConfigError
+from archlab.train.loop import train_and_evaluate
+from archlab.train.run import Run
+from archlab.train.state import make_optimizer
 
 
 def _toy_params(seed=0):
@@ -146,7 +146,7 @@ def test_pruning_off_leaves_the_optimizer_state_unchanged():
     ({"train.prune_every": "0"}, "train.prune_every >= 1"),
 ])
 def test_bad_pruning_config_is_one_line(overrides, fragment):
-    from train.config import apply_overrides, get_config
+    from archlab.train.config import apply_overrides, get_config
 
     with pytest.raises(ConfigError) as e:
         apply_overrides(get_config("cnn"), overrides)

@@ -13,7 +13,7 @@ CNN_TINY = dict(model__channels="4,8", model__dense=16, data__image_size=8, trai
 
 
 def test_fake_quant_round_trip_is_within_half_a_step():
-    from arch.quant import fake_quant
+    from archlab.arch.quant import fake_quant
 
     x = jax.random.uniform(jax.random.PRNGKey(0), (4096,), minval=-3.0, maxval=3.0)
     scale = jnp.float32(3.0 / 127)
@@ -25,7 +25,7 @@ def test_fake_quant_round_trip_is_within_half_a_step():
 
 
 def test_per_channel_weight_codes_round_trip_within_half_a_step():
-    from arch.quant import quantize_weights
+    from archlab.arch.quant import quantize_weights
 
     kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 4, 5)) * jnp.array([0.01, 0.1, 1.0, 10.0, 100.0])
     codes, scales = quantize_weights(kernel)
@@ -36,7 +36,7 @@ def test_per_channel_weight_codes_round_trip_within_half_a_step():
 
 
 def test_straight_through_gradient_is_identity_inside_the_clip_range_and_zero_outside():
-    from arch.quant import fake_quant
+    from archlab.arch.quant import fake_quant
 
     scale = jnp.float32(0.01)  # clip range [-1.27, 1.27]
     x = jnp.array([-2.0, -1.26, -0.3, 0.0, 0.004, 0.77, 1.26, 1.5, 9.0])
@@ -47,7 +47,7 @@ def test_straight_through_gradient_is_identity_inside_the_clip_range_and_zero_ou
 
 
 def test_int8_matmul_sums_integer_codes_exactly_and_equals_the_fake_quantised_matmul():
-    from arch.quant import QuantDotGeneral, fake_quant, quantize_to_codes, weight_scale
+    from archlab.arch.quant import QuantDotGeneral, fake_quant, quantize_to_codes, weight_scale
 
     x = jax.random.normal(jax.random.PRNGKey(2), (6, 40)) * 2.0
     w = jax.random.normal(jax.random.PRNGKey(3), (40, 7)) * jnp.linspace(0.1, 3.0, 7)
@@ -82,7 +82,7 @@ def test_int8_layers_are_flax_layers_with_the_quant_hooks(kwargs):
 
     import flax.linen as nn
 
-    from arch.quant import Int8Conv, Int8Dense, QuantConvGeneralDilated, QuantDotGeneral
+    from archlab.arch.quant import Int8Conv, Int8Dense, QuantConvGeneralDilated, QuantDotGeneral
 
     if kwargs is None:
         ours, hooked, x = Int8Dense(6), nn.Dense(6, dot_general_cls=QuantDotGeneral), jnp.ones((3, 5))
@@ -101,7 +101,7 @@ def test_int8_layers_are_flax_layers_with_the_quant_hooks(kwargs):
 
 
 def _tiny_cnn(quant):
-    from arch.cnn import CNN
+    from archlab.arch.cnn import CNN
 
     return CNN(channels=(4, 8), dense=16, quant=quant, dropout_rate=0.0)
 
@@ -116,7 +116,7 @@ def test_int8_model_has_the_float_params_and_a_quant_collection():
 
 
 def test_ptq_calibration_sets_activation_scales_from_the_data():
-    from train.quantize import calibrate, fresh_quant_state
+    from archlab.train.quantize import calibrate, fresh_quant_state
 
     module = _tiny_cnn("int8")
     rng = np.random.default_rng(0)
@@ -138,7 +138,7 @@ def test_ptq_calibration_sets_activation_scales_from_the_data():
 
 
 def test_model_size_counts_int8_kernels_plus_float_scales():
-    from train.quantize import model_size_bytes
+    from archlab.train.quantize import model_size_bytes
 
     params = {"dense": {"kernel": np.zeros((10, 6), np.float32), "bias": np.zeros((6,), np.float32)},
               "bn": {"scale": np.zeros((6,), np.float32)}}
@@ -149,8 +149,8 @@ def test_model_size_counts_int8_kernels_plus_float_scales():
 
 
 def test_qat_trains_on_the_normal_path_and_ptq_cli_quantizes_a_float_run(tmp_path):
-    from train.checkpoint import restore_params
-    from train.loop import train_and_evaluate
+    from archlab.train.checkpoint import restore_params
+    from archlab.train.loop import train_and_evaluate
 
     qat = train_and_evaluate(tiny_config("cnn", model__quant="int8", **CNN_TINY), str(tmp_path / "qat"), progress=False, echo=lambda *a: None)
     assert qat["step"] == 6 and np.isfinite(qat["eval"]["loss"])
@@ -171,7 +171,7 @@ def test_qat_trains_on_the_normal_path_and_ptq_cli_quantizes_a_float_run(tmp_pat
 
     again = run_cli("launch.quantize", f"--workdir={tmp_path / 'f32'}", f"--out={tmp_path / 'int8'}")
     assert_one_line_error(again, "already holds checkpoints")  # never overwrites an int8 run
-    from train.quantize import QuantizeError, quantize_run
+    from archlab.train.quantize import QuantizeError, quantize_run
 
     with pytest.raises(QuantizeError, match="already an int8 model"):
         quantize_run(str(tmp_path / "qat"), calibration_batches=1)
@@ -180,9 +180,9 @@ def test_qat_trains_on_the_normal_path_and_ptq_cli_quantizes_a_float_run(tmp_pat
 
 
 def test_bad_quant_inputs_get_one_line():
-    from train.checkpoint import CheckpointError
-    from train.config import ConfigError
-    from train.quantize import quantize_run
+    from archlab.train.checkpoint import CheckpointError
+    from archlab.train.config import ConfigError
+    from archlab.train.quantize import quantize_run
 
     with pytest.raises(ConfigError, match="model.quant must be one of none, int8"):
         tiny_config("cnn", model__quant="int4")
@@ -197,7 +197,7 @@ def test_int8_conv_refuses_what_it_does_not_quantise_in_one_line():
     import jax
     import jax.numpy as jnp
 
-    from arch.quant import Int8Conv
+    from archlab.arch.quant import Int8Conv
 
     with pytest.raises(ValueError, match="zero padding only .*'SAME', 'VALID'.*CIRCULAR"):
         Int8Conv(4, (3, 3), padding="CIRCULAR").init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 1)))

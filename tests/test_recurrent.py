@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from arch import get_model_spec
-from arch.rnn import GATES
-from train.sampling import init_cache
-from train.state import param_count
-from train.tasks import get_task
+from archlab.arch import get_model_spec
+from archlab.arch.rnn import GATES
+from archlab.train.sampling import init_cache
+from archlab.train.state import param_count
+from archlab.train.tasks import get_task
 
 KINDS = ["rnn", "lstm", "gru"]
 
@@ -116,8 +116,8 @@ def test_classifier_overfits_one_batch():
 
 
 def test_topic_windows_come_from_their_class_and_the_test_tail_is_held_out():
-    from train.data import make_dataset
-    from train.data.topics import TOPIC_CLASSES, labelled_texts
+    from archlab.train.data import make_dataset
+    from archlab.train.data.topics import TOPIC_CLASSES, labelled_texts
 
     config = tiny_config("lstm_classifier", data__seq_len="32", train__eval_batches="0")
     data = make_dataset("classification", config)
@@ -137,7 +137,7 @@ def test_topic_windows_come_from_their_class_and_the_test_tail_is_held_out():
 
 
 def test_topic_classifier_reads_a_directory_of_class_files_and_rejects_bad_paths(tmp_path):
-    from train.data import DataError, make_dataset
+    from archlab.train.data import DataError, make_dataset
 
     for name, text in (("alpha", b"abc " * 200), ("beta", b"xyz! " * 200)):
         (tmp_path / f"{name}.txt").write_bytes(text)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli, tiny_config
 
-from train import augment, early_stopping, regularize
-from train.config import ConfigError, apply_overrides, get_config
+from archlab.train import augment, early_stopping, regularize
+from archlab.train.config import ConfigError, apply_overrides, get_config
 
 # --- L1 / L2
 
@@ -34,10 +34,10 @@ def test_train_step_adds_the_penalty_to_the_gradient_but_reports_the_data_loss()
     import flax.linen as nn
     import optax
 
-    from arch.mlp import MLP
-    from train.state import init_train_state
-    from train.step import make_train_step
-    from train.tasks import CLASSIFICATION
+    from archlab.arch.mlp import MLP
+    from archlab.train.state import init_train_state
+    from archlab.train.step import make_train_step
+    from archlab.train.tasks import CLASSIFICATION
 
     module, tx = MLP(hidden=(8,), num_classes=3, dropout_rate=0.0), optax.sgd(0.1)
     batch = {"inputs": jax.random.normal(jax.random.PRNGKey(0), (4, 5)), "labels": jnp.array([0, 1, 2, 1])}
@@ -128,9 +128,9 @@ def test_early_stopping_stops_at_the_right_evaluation():
 
 
 def test_early_stopping_in_the_loop_keeps_the_best_checkpoint_and_stays_stopped(tmp_path, monkeypatch):
-    from train.checkpoint import restore_params
-    from train.loop import train_and_evaluate
-    from train.run import Run
+    from archlab.train.checkpoint import restore_params
+    from archlab.train.loop import train_and_evaluate
+    from archlab.train.run import Run
 
     scripted = {0: 0.1, 2: 0.5, 4: 0.8, 6: 0.7, 8: 0.8, 10: 0.6, 12: 0.9}  # step -> accuracy; stops after step 8
 
@@ -157,8 +157,8 @@ def test_early_stopping_in_the_loop_keeps_the_best_checkpoint_and_stays_stopped(
 
 
 def test_a_validation_split_chooses_the_state_and_the_test_split_scores_it_once(tmp_path, monkeypatch):
-    from train.loop import train_and_evaluate
-    from train.run import Run
+    from archlab.train.loop import train_and_evaluate
+    from archlab.train.run import Run
 
     scripted = {2: 0.5, 4: 0.8, 6: 0.7, 8: 0.8}  # validation accuracy by step; stops after step 8, best at 4
 
@@ -205,7 +205,7 @@ def test_bad_regularisation_config_is_one_line(overrides, fragment):
 
 
 def test_augment_on_a_language_model_is_refused_before_training():
-    from train.run import Run
+    from archlab.train.run import Run
 
     with pytest.raises(ConfigError, match="train.augment=shift needs image classification inputs"):
         Run(tiny_config("transformer", train__augment="shift"))

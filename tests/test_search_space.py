@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from arch import search_space as ss
-from arch.search_space import DenseSpace, GenotypeError, HyperparameterSpace
-from train.nas.small_jit import small_jit
-from train.nas.space_ops import mutate, random_codes
+from archlab.arch import search_space as ss
+from archlab.arch.search_space import DenseSpace, GenotypeError, HyperparameterSpace
+from archlab.train.nas.small_jit import small_jit
+from archlab.train.nas.space_ops import mutate, random_codes
 
 
 def sample(num_choices, n, seed):

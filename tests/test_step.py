@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import tiny_config
 
-from arch import get_model_spec
-from train.data.text import embedded_text_splits, window_stream
-from train.state import init_train_state, make_optimizer
-from train.step import make_train_step
-from train.tasks import get_task
+from archlab.arch import get_model_spec
+from archlab.train.data.text import embedded_text_splits, window_stream
+from archlab.train.state import init_train_state, make_optimizer
+from archlab.train.step import make_train_step
+from archlab.train.tasks import get_task
 
 
 def _setup(**overrides):

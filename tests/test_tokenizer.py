@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from train.data import DataError
-from train.data import tokenizer as tok
-from train.data.tokenizer import (ByteTokenizer, check_tokens_match, load_tokenizer, pretokenize, read_token_metadata,
+from archlab.train.data import DataError
+from archlab.train.data import tokenizer as tok
+from archlab.train.data.tokenizer import (ByteTokenizer, check_tokens_match, load_tokenizer, pretokenize, read_token_metadata,
                                   train_sentencepiece)
 
 # a few lines the training text lacks: characters it never saw (byte fallback), runs of spaces, tabs, CRLF
@@ -225,7 +225,7 @@ def test_cli_bad_input_is_one_line(flags, fragments, corpus, tmp_path):
 
 
 def test_sampling_encodes_the_prompt_and_decodes_with_the_run_tokenizer(trained, monkeypatch):
-    from train import sampling
+    from archlab.train import sampling
 
     sp = load_tokenizer("sentencepiece", str(trained[0] / "corpus_sp400.model"))
     continuation = sp.encode(" the function returns None.")
@@ -250,8 +250,8 @@ def test_a_real_decoder_samples_sentencepiece_ids(trained):
     import jax
     import jax.numpy as jnp
 
-    from arch.transformer import TransformerLM
-    from train.sampling import generate_text, generate_tokens
+    from archlab.arch.transformer import TransformerLM
+    from archlab.train.sampling import generate_text, generate_tokens
 
     sp = load_tokenizer("sentencepiece", str(trained[0] / "corpus_sp400.model"))
     sizes = dict(vocab_size=sp.vocab_size, num_layers=1, d_model=32, num_heads=2, mlp_dim=64, max_len=32)

@@ -10,16 +10,16 @@ import optax
 import pytest
 
 from conftest import assert_one_line_error, run_cli, tiny_config
-from train.checkpoint import restore_params
-from train.config import ConfigError
-from train.data import DataError
-from train.data import make_dataset
-from train.image_data import ImageSplits, first_train_images, hold_out_validation, parse_classes, select_classes
-from arch import get_model_spec
-from train.loop import train_and_evaluate
-from train.run import Run
-from train.state import init_train_state
-from train.transfer import TransferError
+from archlab.train.checkpoint import restore_params
+from archlab.train.config import ConfigError
+from archlab.train.data import DataError
+from archlab.train.data import make_dataset
+from archlab.train.image_data import ImageSplits, first_train_images, hold_out_validation, parse_classes, select_classes
+from archlab.arch import get_model_spec
+from archlab.train.loop import train_and_evaluate
+from archlab.train.run import Run
+from archlab.train.state import init_train_state
+from archlab.train.transfer import TransferError
 
 SMALL_CNN = dict(model__channels="4,8", model__dense="16", data__image_size="0", train__warmup_steps="1")
 quiet = dict(progress=False, echo=lambda *a: None)

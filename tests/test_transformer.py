@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from arch import get_model_spec
-from train.sampling import generate, init_cache
-from train.state import param_count
+from archlab.arch import get_model_spec
+from archlab.train.sampling import generate, init_cache
+from archlab.train.state import param_count
 
 
 def _build(**overrides):
@@ -128,7 +128,7 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_rotary_embedding_equals_the_written_out_rotation():
     """Pins RoPE's math so a faster formulation (docs/performance.md) cannot change it: each pair
     (x_i, x_{i+half}) rotates by position * base^(-i/half)."""
-    from arch.layers import rotary_embedding
+    from archlab.arch.layers import rotary_embedding
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 8, 3, 16)).astype(np.float32)
@@ -193,7 +193,7 @@ def test_fast_attention_path_equals_the_straightforward_model(length):
 
 @pytest.mark.parametrize("blocks", [1, 2, 4, 3])  # 3 does not divide 16: falls back to one block
 def test_causal_query_blocks_equal_the_full_masked_square(blocks):
-    from arch.layers import causal_attention, masked_attention
+    from archlab.arch.layers import causal_attention, masked_attention
 
     rng = np.random.default_rng(2)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 16, 3, 8)), jnp.float32) for _ in range(3))

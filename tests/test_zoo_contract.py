@@ -10,10 +10,10 @@ import optax
 import pytest
 from conftest import tiny_config
 
-from arch import get_model_spec
-from train.data import make_dataset
-from train.state import init_train_state
-from train.tasks import get_task
+from archlab.arch import get_model_spec
+from archlab.train.data import make_dataset
+from archlab.train.state import init_train_state
+from archlab.train.tasks import get_task
 
 # model: (tiny overrides, Adam steps, required drop factor)
 FAMILIES = {

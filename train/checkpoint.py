@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from train.parallel import param_path_name
-from train.state import TrainState
+from archlab.train.parallel import param_path_name
+from archlab.train.state import TrainState
 
 CHECKSUMS = "archlab_checksums.json"
 
@@ -419,8 +419,8 @@ def restore_params(workdir: str, notify=print):
     import flax.linen as nn
     import jax.numpy as jnp
 
-    from arch import get_model_spec
-    from train.state import eval_params, init_train_state, make_optimizer, uses_ema
+    from archlab.arch import get_model_spec
+    from archlab.train.state import eval_params, init_train_state, make_optimizer, uses_ema
 
     info = load_run_info(workdir)
     config = info["config"]

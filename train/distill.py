@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train.config import ConfigError
-from train.tasks import Task, _apply_classifier
+from archlab.train.config import ConfigError
+from archlab.train.tasks import Task, _apply_classifier
 
 
 class TeacherError(ConfigError):
@@ -92,8 +92,8 @@ def load_teacher(config, example_input: np.ndarray, task_name: str, notify=print
     """Restores ``config.train.teacher``'s run and checks it can teach this student; raises
     TeacherError naming what is wrong (missing workdir or checkpoint, another task, another number
     of classes, other data or input shape)."""
-    from arch import UnknownModelError, get_model_spec
-    from train.checkpoint import CheckpointError, load_run_info, restore_params
+    from archlab.arch import UnknownModelError, get_model_spec
+    from archlab.train.checkpoint import CheckpointError, load_run_info, restore_params
 
     workdir = config.train.teacher
     where = f"train.teacher={workdir!r}"

@@ -110,7 +110,7 @@ class BestCheckpoint:
 
         import jax
 
-        from train.checkpoint import Checkpointer
+        from archlab.train.checkpoint import Checkpointer
 
         if self._checkpointer is None:
             self._checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=1)

@@ -15,8 +15,8 @@ import zipfile
 
 import numpy as np
 
-from train.data.errors import DataError
-from train.data.pipeline import TrainStream, array_stream, local_rows
+from archlab.train.data.errors import DataError
+from archlab.train.data.pipeline import TrainStream, array_stream, local_rows
 
 _SPLIT_SEED = 20_240_601
 CIFAR_RECORD = 1 + 32 * 32 * 3

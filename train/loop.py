@@ -24,16 +24,16 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from train import parallel
-from train.checkpoint import Checkpointer, first_nonfinite_leaf, probe_checkpoint_dir
-from train.config import resolve_config
-from train.metrics import MetricWriter, plot_loss_curves, read_metrics
-from train.profiling import ProfileWindow
-from train.run import Run, accumulate_metrics
-from train.state import TrainState, param_count
-from train import early_stopping, memory_budget, prune as prune_lib
-from train.train_log import LOGGER as train_logger, train_line
-from train.workdir_lock import WorkdirLock, WorkdirLockedError
+from archlab.train import parallel
+from archlab.train.checkpoint import Checkpointer, first_nonfinite_leaf, probe_checkpoint_dir
+from archlab.train.config import resolve_config
+from archlab.train.metrics import MetricWriter, plot_loss_curves, read_metrics
+from archlab.train.profiling import ProfileWindow
+from archlab.train.run import Run, accumulate_metrics
+from archlab.train.state import TrainState, param_count
+from archlab.train import early_stopping, memory_budget, prune as prune_lib
+from archlab.train.train_log import LOGGER as train_logger, train_line
+from archlab.train.workdir_lock import WorkdirLock, WorkdirLockedError
 
 
 class WorkdirError(ValueError):
@@ -147,7 +147,7 @@ def _check_stopping_metric(run: Run, metric: str) -> None:
     names = sorted(run.task.summarize(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)))
     names += ["sparsity"] if run.config.train.sparsity > 0 else []
     if metric not in names:
-        from train.config import ConfigError
+        from archlab.train.config import ConfigError
 
         raise ConfigError(f"train.early_stopping_metric={metric!r} is not an eval metric of this model; valid: {', '.join(names)}")
 

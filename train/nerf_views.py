@@ -64,9 +64,9 @@ def render_held_out_views(workdir: str, chunk: int = 2048, notify=print) -> Held
     so the mean of ``psnr`` equals the loop's ``psnr_view_mean`` at that step.
     Raises ``train.checkpoint.CheckpointError`` for a workdir without a run or a checkpoint.
     """
-    from arch import get_model_spec
-    from train.checkpoint import restore_params
-    from train.data import make_dataset
+    from archlab.arch import get_model_spec
+    from archlab.train.checkpoint import restore_params
+    from archlab.train.data import make_dataset
 
     config, params, model_state, step = restore_params(workdir, notify=notify)
     spec = get_model_spec(config.model_name)

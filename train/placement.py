@@ -13,7 +13,7 @@ import math
 import jax
 import numpy as np
 
-from train.parallel import param_path_name
+from archlab.train.parallel import param_path_name
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import os
 
 import ml_collections
 
-from train.config import ConfigError, resolve_config
+from archlab.train.config import ConfigError, resolve_config
 
 RUN_CONFIG = "config.json"
 

@@ -17,16 +17,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from arch import get_model_spec
-from train import data as data_lib
-from train import parallel
-from train.data.tokenizer import tokenizer_for_config
-from train.sampling import generate_text
-from train.state import TrainState, eval_params, init_train_state, learning_rate_schedule, make_optimizer, uses_ema
-from train.step import make_eval_step, make_train_step
-from train.tasks import get_task
-from train import augment as augment_lib, prune as prune_lib, regularize
-from train import distill as distill_lib, transfer
+from archlab.arch import get_model_spec
+from archlab.train import data as data_lib
+from archlab.train import parallel
+from archlab.train.data.tokenizer import tokenizer_for_config
+from archlab.train.sampling import generate_text
+from archlab.train.state import TrainState, eval_params, init_train_state, learning_rate_schedule, make_optimizer, uses_ema
+from archlab.train.step import make_eval_step, make_train_step
+from archlab.train.tasks import get_task
+from archlab.train import augment as augment_lib, prune as prune_lib, regularize
+from archlab.train import distill as distill_lib, transfer
 
 
 def _add_trees(total, metrics):
@@ -113,7 +113,7 @@ class Run:
         self.example_input = jnp.asarray(self.data.example_input)
         problem = augment_lib.check_inputs(config.train, self.example_input, self.spec.task)
         if problem:
-            from train.config import ConfigError
+            from archlab.train.config import ConfigError
 
             raise ConfigError(problem)
         # Distillation: the task the train step optimises also matches a frozen teacher's logits.

@@ -13,9 +13,9 @@ import dataclasses
 
 import numpy as np
 
-from train.data.dataset import Dataset
-from train.data.errors import DataError
-from train.data.pipeline import EvalBatches, array_stream
+from archlab.train.data.dataset import Dataset
+from archlab.train.data.errors import DataError
+from archlab.train.data.pipeline import EvalBatches, array_stream
 
 CAMERA_RADIUS = 4.0  # every shape lies within 1.5 of the origin: [near, far] = [2.5, 5.5] covers it
 FIELD_OF_VIEW_DEGREES = 40.0
@@ -165,7 +165,7 @@ def plot_views(truth: np.ndarray, rendered: np.ndarray, depth: np.ndarray, path:
     """Held-out views [V, H, W, 3]: ground truth over the NeRF render (titled with its PSNR) over its depth."""
     import os
 
-    from train.figures import new_figure
+    from archlab.train.figures import new_figure
 
     views = len(truth)
     fig = new_figure(figsize=(1.4 * views + 0.8, 4.9), dpi=110)

@@ -17,7 +17,7 @@ import ml_collections
 import optax
 from flax import struct
 
-from train import optimizers
+from archlab.train import optimizers
 
 
 @struct.dataclass
@@ -87,7 +87,7 @@ def _loss_scaling(t: ml_collections.ConfigDict, tx: optax.GradientTransformation
     # train.loss_scaling=dynamic (set by model.dtype=float16; train/loss_scale.py): the scale lives in opt_state
     if getattr(t, "loss_scaling", "none") != "dynamic":
         return tx
-    from train.loss_scale import dynamic_loss_scale
+    from archlab.train.loss_scale import dynamic_loss_scale
 
     return dynamic_loss_scale(tx)
 
@@ -96,7 +96,7 @@ def _freeze_backbone(t: ml_collections.ConfigDict, tx: optax.GradientTransformat
     # train.freeze_backbone (train/transfer.py): only the "head" module trains; getattr for older configs
     if not getattr(t, "freeze_backbone", False):
         return tx
-    from train.transfer import freeze_backbone
+    from archlab.train.transfer import freeze_backbone
 
     return freeze_backbone(tx)
 
@@ -105,7 +105,7 @@ def _pruning(t: ml_collections.ConfigDict) -> list[optax.GradientTransformation]
     # getattr: configs saved before pruning existed have no train.sparsity
     if getattr(t, "sparsity", 0.0) <= 0:
         return []
-    from train.prune import from_config
+    from archlab.train.prune import from_config
 
     return [from_config(t)]
 

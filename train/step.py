@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from train.loss_scale import find_scale, scaled_value_and_grad
-from train.optimizers import ema_update
-from train.state import TrainState
-from train.tasks import Task
+from archlab.train.loss_scale import find_scale, scaled_value_and_grad
+from archlab.train.optimizers import ema_update
+from archlab.train.state import TrainState
+from archlab.train.tasks import Task
 
 
 def _split_micro_batches(batch, num_micro: int):

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from arch import get_model_spec
-from train import data as data_lib
-from train.state import init_train_state, make_optimizer
-from train.step import make_train_step
-from train.tasks import get_task
+from archlab.arch import get_model_spec
+from archlab.train import data as data_lib
+from archlab.train.state import init_train_state, make_optimizer
+from archlab.train.step import make_train_step
+from archlab.train.tasks import get_task
 
 
 @dataclasses.dataclass(frozen=True)

@@ -175,7 +175,7 @@ def mode_coverage(sums: dict, min_share: float = 0.25) -> dict:
 
 
 def _gan_eval_sums(module, params, model_state, batch, weights):
-    from train.gan_data import RING_STD, ring_centers
+    from archlab.train.gan_data import RING_STD, ring_centers
 
     fake = module.apply({"params": params}, batch["latents"], method="generate")
     real_logits = module.apply({"params": params}, batch["inputs"], method="discriminate")
@@ -210,7 +210,7 @@ def _gan_report(metrics: dict) -> str:
 def _gan_plot(module, params, model_state, dataset, plot_dir, step):
     import os
 
-    from train import figures
+    from archlab.train import figures
 
     latents = dataset.eval_batches[0][0]["latents"]
     if dataset.extras.get("kind") == "ring":
@@ -279,8 +279,8 @@ def _nerf_plot(module, params, model_state, dataset, plot_dir, step, chunk: int 
     import os
     import shutil
 
-    from train.nerf_views import render_rays_in_chunks
-    from train.scene import plot_views
+    from archlab.train.nerf_views import render_rays_in_chunks
+    from archlab.train.scene import plot_views
 
     rendered = render_rays_in_chunks(module, params, model_state, dataset.extras["rays"], chunk)  # views [V, H, W, 6]
     path = plot_views(dataset.extras["views"], rendered["rgb"], rendered["depth"], os.path.join(plot_dir, f"views_step{step:06d}.png"),
@@ -338,7 +338,7 @@ def _restoration_plot(module, params, model_state, dataset, plot_dir, step):
     import os
     import shutil
 
-    from train import figures
+    from archlab.train import figures
 
     inputs, targets = dataset.extras["plot_inputs"], dataset.extras["plot_targets"]
     restored = np.asarray(module.apply({"params": params, **model_state}, jnp.asarray(inputs), deterministic=True))

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train.config import ConfigError
-from train.parallel import param_path_name
+from archlab.train.config import ConfigError
+from archlab.train.parallel import param_path_name
 
 HEAD = "head"
 
@@ -98,7 +98,7 @@ def check_compatible(source: dict, target: dict, what: str, where: str, *, allow
 
 def load_source(config, abstract_state, notify=print) -> InitSource:
     """Restores ``config.train.init_from`` and checks it fits ``abstract_state`` (this run's)."""
-    from train.checkpoint import CheckpointError, restore_params
+    from archlab.train.checkpoint import CheckpointError, restore_params
 
     workdir = config.train.init_from
     where = f"train.init_from={workdir!r}"

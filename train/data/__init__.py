@@ -14,10 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from train.data.dataset import Dataset
-from train.data.errors import DataError
-from train.data.pipeline import EvalBatches, TrainStream, array_stream
-from train.data.text import eval_windows, load_token_splits, window_stream
+from archlab.train.data.dataset import Dataset
+from archlab.train.data.errors import DataError
+from archlab.train.data.pipeline import EvalBatches, TrainStream, array_stream
+from archlab.train.data.text import eval_windows, load_token_splits, window_stream
 
 def _lm_dataset(config, shard: int, num_shards: int) -> Dataset:
     t, d = config.train, config.data
@@ -39,7 +39,7 @@ def _lm_dataset(config, shard: int, num_shards: int) -> Dataset:
 def check_class_labels(config, images) -> None:
     """Refuses labels a classifier cannot learn (DataError naming the file, the labels and the valid
     range): negative ones always, and those >= model.num_classes unless data.classes relabels them."""
-    from train.image_data import check_labels, out_of_range_labels
+    from archlab.train.image_data import check_labels, out_of_range_labels
 
     labels = np.concatenate([images.y_train, images.y_test])
     limit = config.model.num_classes if "num_classes" in config.model and not config.data.get("classes", "") else None
@@ -73,11 +73,11 @@ def describe_statistics(mean: np.ndarray, std: np.ndarray) -> str:
 
 
 def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
-    from train.image_data import STREAMING_FORMATS, detect_image_format, first_train_images, hold_out_validation, load_images, select_classes
+    from archlab.train.image_data import STREAMING_FORMATS, detect_image_format, first_train_images, hold_out_validation, load_images, select_classes
 
     t, d = config.train, config.data
     if d.path and detect_image_format(d.path, d.format) in STREAMING_FORMATS:
-        from train.data.image_records import streamed_classification_dataset
+        from archlab.train.data.image_records import streamed_classification_dataset
 
         return streamed_classification_dataset(config, shard, num_shards)
     images = load_images(d.path, d.image_size, d.val_fraction, d.format)
@@ -116,7 +116,7 @@ def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
 
 def _nerf_dataset(config, shard: int, num_shards: int) -> Dataset:
     """The procedural NeRF scene: random rays of its training views, every ray of its held-out views."""
-    from train.scene import build_nerf_dataset
+    from archlab.train.scene import build_nerf_dataset
 
     return build_nerf_dataset(config, shard, num_shards)
 
@@ -124,7 +124,7 @@ def _nerf_dataset(config, shard: int, num_shards: int) -> Dataset:
 def _restoration_dataset(config, shard: int, num_shards: int) -> Dataset:
     """Procedurally hazed images (digits by default, or data.path): hazed afresh every training
     batch, with fixed haze on the held-out split; batches ``{"inputs": hazy, "targets": clean}``."""
-    from train.image_data import first_train_images, hazy_stream, hazy_test_split, load_images
+    from archlab.train.image_data import first_train_images, hazy_stream, hazy_test_split, load_images
 
     t, d = config.train, config.data
     images = first_train_images(load_images(d.path, d.image_size, d.val_fraction, d.format), d.get("train_examples", 0))
@@ -154,13 +154,13 @@ DATASETS: dict[str, dict[str, Callable]] = {
 
 
 def _topics():
-    from train.data import topics
+    from archlab.train.data import topics
 
     return topics
 
 
 def _gan_data():
-    from train import gan_data
+    from archlab.train import gan_data
 
     return gan_data
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from train.data.pipeline import EvalBatches, TrainStream
+from archlab.train.data.pipeline import EvalBatches, TrainStream
 
 
 @dataclasses.dataclass

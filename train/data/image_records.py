@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.data.dataset import Dataset
-from train.data.errors import DataError
-from train.data.image_folder import image_folder_splits, resize_image
-from train.data.pipeline import EvalBatches, record_stream
-from train.data.records import ArrayRecordSource, TFRecordSource, record_split_files
+from archlab.train.data.dataset import Dataset
+from archlab.train.data.errors import DataError
+from archlab.train.data.image_folder import image_folder_splits, resize_image
+from archlab.train.data.pipeline import EvalBatches, record_stream
+from archlab.train.data.records import ArrayRecordSource, TFRecordSource, record_split_files
 
 _SPLIT_SEED = 20_240_601  # the fixed order of the training records (train/image_data.py uses the same)
 _STATISTICS_SAMPLE = 1024  # training images that measure the per-channel mean/std
@@ -80,8 +80,8 @@ class ImageReader:
 
 
 def streamed_classification_dataset(config, shard: int, num_shards: int) -> Dataset:
-    from train.data import channel_statistics, describe_statistics, wants_normalization
-    from train.image_data import detect_image_format
+    from archlab.train.data import channel_statistics, describe_statistics, wants_normalization
+    from archlab.train.image_data import detect_image_format
 
     t, d = config.train, config.data
     fmt = detect_image_format(d.path, d.format)

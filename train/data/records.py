@@ -20,8 +20,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from train.data.errors import DataError
-from train.data.image_folder import decode_image
+from archlab.train.data.errors import DataError
+from archlab.train.data.image_folder import decode_image
 
 # ---------------------------------------------------------------- CRC32C (Castagnoli), TFRecord masking
 

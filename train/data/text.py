@@ -23,10 +23,10 @@ import zlib
 
 import numpy as np
 
-from train.data.errors import DataError
-from train.data.pipeline import EvalBatches, TrainStream, local_rows, random_starts
-from train.data.token_file import TokenFile
-from train.data.tokenizer import check_tokens_match, load_tokenizer, token_file
+from archlab.train.data.errors import DataError
+from archlab.train.data.pipeline import EvalBatches, TrainStream, local_rows, random_starts
+from archlab.train.data.token_file import TokenFile
+from archlab.train.data.tokenizer import check_tokens_match, load_tokenizer, token_file
 
 @dataclasses.dataclass(frozen=True)
 class TokenSplits:

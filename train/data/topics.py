@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 
-from train.data.dataset import Dataset
-from train.data.errors import DataError
-from train.data.pipeline import EvalBatches, TrainStream, local_rows
-from train.data.text import windows
+from archlab.train.data.dataset import Dataset
+from archlab.train.data.errors import DataError
+from archlab.train.data.pipeline import EvalBatches, TrainStream, local_rows
+from archlab.train.data.text import windows
 
 
 # The recurrent classifiers' task: which help topic a window of bytes comes from. These 8 large

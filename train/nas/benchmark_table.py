@@ -31,9 +31,9 @@ import os
 
 import numpy as np
 
-from arch.search_space import (NUM_EDGES, NUM_OPS, CellSpace, GenotypeError, genotype_from_string, genotype_to_string,
+from archlab.arch.search_space import (NUM_EDGES, NUM_OPS, CellSpace, GenotypeError, genotype_from_string, genotype_to_string,
                                is_disconnected)
-from train.nas.space_ops import codes_from_indices, indices_from_codes
+from archlab.train.nas.space_ops import codes_from_indices, indices_from_codes
 
 CELL_CHOICES = CellSpace().num_choices
 METRICS = ("accuracy", "valid-accuracy", "valid_accuracy")  # tried in order when no metric is named

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from arch.search_space import DenseSpace
-from train.nas.population import PopulationData
-from train.nas.small_jit import small_jit
+from archlab.arch.search_space import DenseSpace
+from archlab.train.nas.population import PopulationData
+from archlab.train.nas.small_jit import small_jit
 
 ACTIVATIONS = {
     "relu": jax.nn.relu, "gelu": jax.nn.gelu, "tanh": jnp.tanh, "swish": jax.nn.swish, "silu": jax.nn.silu,

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from train.nas.history import History, append, empty_history
-from train.nas.scorer import ScoreFn, new_key, score_batch, split_key
-from train.nas.search_config import SearchConfig, search_config
-from train.nas.small_jit import small_jit
-from train.nas.space_ops import check_num_choices, mutate, random_codes_jitted
+from archlab.train.nas.history import History, append, empty_history
+from archlab.train.nas.scorer import ScoreFn, new_key, score_batch, split_key
+from archlab.train.nas.search_config import SearchConfig, search_config
+from archlab.train.nas.small_jit import small_jit
+from archlab.train.nas.space_ops import check_num_choices, mutate, random_codes_jitted
 
 
 @struct.dataclass

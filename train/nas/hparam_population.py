@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch.nas_cell import CellNet, init_population
-from arch.search_space import HyperparameterSpace
-from train.nas.population import PopulationData, train_population
-from train.nas.small_jit import small_jit
+from archlab.arch.nas_cell import CellNet, init_population
+from archlab.arch.search_space import HyperparameterSpace
+from archlab.train.nas.population import PopulationData, train_population
+from archlab.train.nas.small_jit import small_jit
 
 _init_population = small_jit(init_population, static_argnums=(1, 2))  # eager init dispatches many small PRNG ops
 

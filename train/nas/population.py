@@ -20,8 +20,8 @@ import numpy as np
 import optax
 from flax import struct
 
-from arch.nas_cell import CellNet, init_population, member_logits, op_dispatch, population_logits
-from train.nas.small_jit import small_jit
+from archlab.arch.nas_cell import CellNet, init_population, member_logits, op_dispatch, population_logits
+from archlab.train.nas.small_jit import small_jit
 
 
 @struct.dataclass
@@ -40,7 +40,7 @@ def digits_data(image_size: int = 16, val_fraction: float = 0.2) -> PopulationDa
     Search scores use a validation split carved out of the training images, so the digits test
     split stays unseen by the search (the final model of a found cell is measured on it).
     """
-    from train.image_data import _split, load_images
+    from archlab.train.image_data import _split, load_images
 
     splits = load_images("", image_size, val_fraction)
     x_train, y_train, x_val, y_val = _split(splits.x_train, splits.y_train, val_fraction)

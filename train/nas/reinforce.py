@@ -19,11 +19,11 @@ import numpy as np
 import optax
 from flax import struct
 
-from train.nas.history import History, append, empty_history
-from train.nas.scorer import ScoreFn, new_key, score_batch, split_key
-from train.nas.search_config import search_config
-from train.nas.small_jit import small_jit
-from train.nas.space_ops import check_num_choices
+from archlab.train.nas.history import History, append, empty_history
+from archlab.train.nas.scorer import ScoreFn, new_key, score_batch, split_key
+from archlab.train.nas.search_config import search_config
+from archlab.train.nas.small_jit import small_jit
+from archlab.train.nas.space_ops import check_num_choices
 
 
 class Controller(nn.Module):

@@ -13,13 +13,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from train.nas.evolution import EvolutionState, evolution_step, init_evolution
-from train.nas.history import History
-from train.nas.random_search import SamplingState, grid_step, init_grid, init_random, random_step
-from train.nas.reinforce import ReinforceState, init_reinforce, reinforce_step
-from train.nas.scorer import ScoreFn
-from train.nas.search_config import search_config
-from train.nas.space_ops import num_codes
+from archlab.train.nas.evolution import EvolutionState, evolution_step, init_evolution
+from archlab.train.nas.history import History
+from archlab.train.nas.random_search import SamplingState, grid_step, init_grid, init_random, random_step
+from archlab.train.nas.reinforce import ReinforceState, init_reinforce, reinforce_step
+from archlab.train.nas.scorer import ScoreFn
+from archlab.train.nas.search_config import search_config
+from archlab.train.nas.space_ops import num_codes
 
 
 class Strategy(NamedTuple):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train.nas.small_jit import small_jit
+from archlab.train.nas.small_jit import small_jit
 
 
 def check_num_choices(num_choices: Sequence[int]) -> tuple[int, ...]:

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from arch.nas_cell import HEAD_GRID, CellNet, init_population, op_dispatch, population_logits
-from arch.search_space import NUM_EDGES, NUM_OPS, check_choices
-from train.nas.small_jit import small_jit
+from archlab.arch.nas_cell import HEAD_GRID, CellNet, init_population, op_dispatch, population_logits
+from archlab.arch.search_space import NUM_EDGES, NUM_OPS, check_choices
+from archlab.train.nas.small_jit import small_jit
 
 WEIGHTS = ("stem", "conv3", "conv1", "head")  # the scored leaves; "stem_bias" and "head_bias" are not
 
