@@ -19,8 +19,8 @@ import time
 
 import jax
 
-from bench import BenchmarkError
-from bench.timing import median
+from archlab.bench import BenchmarkError, progress
+from archlab.bench.timing import median
 
 LAYERS = (2, 4, 8, 12)
 VARIANTS = {"scan": "true", "unrolled": "false"}
@@ -40,8 +40,8 @@ def slope(xs, ys) -> float:
 
 def compile_seconds(layers: int, scan: bool, overrides: dict[str, str] | None = None) -> float:
     """Seconds to trace, lower and compile the transformer train step at ``layers`` layers."""
-    from bench.train import make_config
-    from train.run import Run
+    from archlab.bench.train import make_config
+    from archlab.train.run import Run
 
     values = {**(overrides or {}), "model.num_layers": str(layers), "model.scan_layers": VARIANTS["scan" if scan else "unrolled"]}
     run = Run(make_config("transformer", values))
@@ -59,7 +59,7 @@ def measure(*, layers=LAYERS, overrides: dict[str, str] | None = None, repeats: 
         raise BenchmarkError(f"the compile suite needs >= 2 depths >= 1 and repeats >= 1; got layers={layers}, repeats={repeats}")
     times = {variant: {depth: [] for depth in layers} for variant in VARIANTS}
     floor_times: list[float] = []
-    for _ in range(repeats):
+    for _ in progress.rows(range(repeats), "compile", lambda r: f"repeat {r + 1} (depths {', '.join(map(str, layers))}, both variants)"):
         if FLOOR_LAYERS not in layers:
             floor_times.append(compile_seconds(FLOOR_LAYERS, False, overrides))
         for i, depth in enumerate(layers):
@@ -93,7 +93,7 @@ def measure(*, layers=LAYERS, overrides: dict[str, str] | None = None, repeats: 
 
 def run_suite(repeats: int | None = None, *, tiny: bool = False, machine: dict | None = None) -> dict:
     """The suite as the CLI runs it (2/4/8/12 layers at the issue's shapes, or a tiny model)."""
-    from bench.train import TINY_OVERRIDES
+    from archlab.bench.train import TINY_OVERRIDES
 
     if tiny:
         return measure(layers=TINY_LAYERS, overrides=TINY_OVERRIDES["transformer"], repeats=repeats or 1)

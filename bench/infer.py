@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 
-from bench import BenchmarkError
+from archlab.bench import BenchmarkError, progress
 
 MODELS = ("cnn", "transformer")
 BATCHES = (1, 32)
@@ -20,16 +20,16 @@ DEFAULT_REPEATS = 200
 
 def run_suite(repeats: int | None = None) -> dict:
     try:
-        from deploy.checkpoint import jit_runner, random_inference_model
-        from deploy.latency import benchmark_backends
-        from deploy.onnx_export import export_onnx, onnxruntime_runner
-        from deploy.saved_model import export_saved_model, saved_model_runner
+        from archlab.deploy.checkpoint import jit_runner, random_inference_model
+        from archlab.deploy.latency import benchmark_backends
+        from archlab.deploy.onnx_export import export_onnx, onnxruntime_runner
+        from archlab.deploy.saved_model import export_saved_model, saved_model_runner
     except ImportError as e:
         raise BenchmarkError(f"the infer suite needs the export packages ({e.name} is missing): pip install -e '.[export]'") from None
-    from train.config import get_config
+    from archlab.train.config import get_config
 
     results = {}
-    for name in MODELS:
+    for name in progress.rows(MODELS, "infer"):
         model = random_inference_model(get_config(name))
         with tempfile.TemporaryDirectory(prefix=f"infer-{name}-") as tmp:
             backends = {
@@ -45,7 +45,7 @@ def run_suite(repeats: int | None = None) -> dict:
 
 
 def markdown_table(result: dict) -> list[str]:
-    from deploy.latency import latency_table
+    from archlab.deploy.latency import latency_table
 
     rows = []
     for name, records in result.items():

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import jax
 
-from bench import BenchmarkError
-from bench.parallel import BENCHMARK_OVERRIDES
-from bench.timing import interleaved_blocks, median
+from archlab.bench import BenchmarkError, progress
+from archlab.bench.parallel import BENCHMARK_OVERRIDES
+from archlab.bench.timing import interleaved_blocks, median
 
 # The shapes of the performance issue (d_model 256, 4 layers, 4 heads, length 128, batch 16, bytes):
 # the same ones the parallel suite times, defined there once.
@@ -65,7 +65,7 @@ def xla_flops(compiled) -> float:
 
 def make_config(model: str, overrides: dict[str, str] | None = None):
     """``model``'s default config with the suite's shapes (``overrides`` on top), on one device."""
-    from train.config import apply_overrides, get_config
+    from archlab.train.config import apply_overrides, get_config
 
     values = {**MODELS.get(model, {}), **(overrides or {}), "parallel.mesh": "data:1", "parallel.num_devices": "1"}
     return apply_overrides(get_config(model), values)
@@ -98,7 +98,7 @@ def measure_model(model: str, *, overrides: dict[str, str] | None = None, peak_n
 
     import jax.numpy as jnp
 
-    from bench.parallel import TimedRun
+    from archlab.bench.parallel import TimedRun
 
     if warmup < 0:
         raise BenchmarkError(f"warmup must be >= 0, got {warmup}")
@@ -118,7 +118,7 @@ def measure_model(model: str, *, overrides: dict[str, str] | None = None, peak_n
             dot(a, a).block_until_ready()
             dot_times.append(time.perf_counter() - started)
 
-    from train import host_memory
+    from archlab.train import host_memory
 
     # The host memory policy's effect, measured in this process: blocks of steps with freed
     # memory returned to the OS (glibc's default) alternate with the kept blocks (train/host_memory.py).
@@ -179,7 +179,7 @@ def measure(*, models=tuple(MODELS), tiny: bool = False, machine_peak: float | N
     if unknown:
         raise BenchmarkError(f"unknown train-suite model(s) {unknown}; valid: {', '.join(MODELS)}")
     results = {}
-    for model in models:
+    for model in progress.rows(models, "train"):
         record = measure_model(model, overrides=TINY_OVERRIDES.get(model) if tiny else None, peak_n=peak_n,
                                repeats=repeats, warmup=warmup, block=block)
         if machine_peak:

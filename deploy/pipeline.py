@@ -14,6 +14,7 @@ there (the default, ``workdir/export``); an ``out`` that cannot be created is an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -21,10 +22,10 @@ import time
 
 import numpy as np
 
-from deploy import ExportError, ParityError
-from deploy.artifacts import write_text
-from deploy.checkpoint import InferenceModel, jit_runner, load_inference_model
-from deploy.parity import check_parity, nonfinite_counts, nonfinite_jax_message, parity_table, raise_on_failure
+from archlab.deploy import ExportError, ParityError
+from archlab.deploy.artifacts import write_text
+from archlab.deploy.checkpoint import InferenceModel, jit_runner, load_inference_model
+from archlab.deploy.parity import check_parity, nonfinite_counts, nonfinite_jax_message, parity_table, raise_on_failure
 
 FORMATS = ("saved_model", "onnx", "tensorrt")
 TRT_PRECISIONS = ("fp32", "fp16")
@@ -47,7 +48,7 @@ def supported_formats() -> tuple[tuple[str, ...], dict[str, str]]:
     needs tensorflow; ONNX jax2onnx, onnx and onnxruntime; TensorRT its package and an NVIDIA GPU."""
     import importlib.util
 
-    from deploy.tensorrt_engine import tensorrt_missing
+    from archlab.deploy.tensorrt_engine import tensorrt_missing
 
     needs = {"saved_model": ("tensorflow",), "onnx": ("jax2onnx", "onnx", "onnxruntime")}
     missing = {name: " and ".join(f"the {p} package" for p in packages if importlib.util.find_spec(p) is None)
@@ -111,34 +112,39 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
         _write_report(report, out, started)
         raise ParityError(message)
 
+    stage = StageProgress([f for f in FORMATS if f in formats] + (["latency benchmark"] if benchmark else []), notify)
     if "saved_model" in formats:
-        from deploy.saved_model import export_saved_model, saved_model_runner
+        from archlab.deploy.saved_model import export_saved_model, saved_model_runner
 
-        path = export_saved_model(model, os.path.join(out, "saved_model"))
-        runners["tf_saved_model"] = saved_model_runner(model, path)
-        records.append(check_parity("saved_model", runners["tf_saved_model"], reference, inputs))
-        artifacts["saved_model"] = {"path": path, "signature": "serving_default"}
+        with stage("saved_model", records):
+            path = export_saved_model(model, os.path.join(out, "saved_model"))
+            runners["tf_saved_model"] = saved_model_runner(model, path)
+            records.append(check_parity("saved_model", runners["tf_saved_model"], reference, inputs))
+            artifacts["saved_model"] = {"path": path, "signature": "serving_default"}
     onnx_path = os.path.join(out, "model.onnx")
     if "onnx" in formats or "tensorrt" in formats:
-        from deploy.onnx_export import describe_io, export_onnx, onnxruntime_runner
+        from archlab.deploy.onnx_export import describe_io, export_onnx, onnxruntime_runner
 
-        proto = export_onnx(model, onnx_path)
-        artifacts["onnx"] = {"path": onnx_path, **describe_io(proto)}
-        if "onnx" in formats:
-            runners["onnxruntime"] = onnxruntime_runner(model, onnx_path)
-            records.append(check_parity("onnx", runners["onnxruntime"], reference, inputs, _precision(model)))
+        with stage("onnx" if "onnx" in formats else "onnx (for tensorrt)", records):
+            proto = export_onnx(model, onnx_path)
+            artifacts["onnx"] = {"path": onnx_path, **describe_io(proto)}
+            if "onnx" in formats:
+                runners["onnxruntime"] = onnxruntime_runner(model, onnx_path)
+                records.append(check_parity("onnx", runners["onnxruntime"], reference, inputs, _precision(model)))
     if "tensorrt" in formats:
-        records += _tensorrt(model, onnx_path, out, batches, precisions, reference, inputs, runners, artifacts, notify)
+        with stage("tensorrt", records):
+            records += _tensorrt(model, onnx_path, out, batches, precisions, reference, inputs, runners, artifacts, notify)
 
     for r in records:
         report["formats"][r["format"]] = {**artifacts.get(r["format"], {}), **r}
     for name, info in artifacts.items():
         report["formats"].setdefault(name, info)
     if benchmark:
-        from deploy.latency import benchmark_backends
+        from archlab.deploy.latency import benchmark_backends
 
-        bench_inputs = {b: model.input_batch(b, SEED) for b in parity_batches}
-        report["infer"] = {model.model_name: benchmark_backends(runners, bench_inputs)}
+        with stage("latency benchmark", []):
+            bench_inputs = {b: model.input_batch(b, SEED) for b in parity_batches}
+            report["infer"] = {model.model_name: benchmark_backends(runners, bench_inputs)}
     _write_report(report, out, started)
     report["table"] = parity_table(records)
     report["parity"] = records
@@ -147,8 +153,30 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
     return report
 
 
+class StageProgress:
+    """One line as each export stage starts and ends, numbered like a progress bar (``[2/3] onnx:
+    done in 4.1 s, parity ok``), so a long export (TensorRT builds take minutes) shows where it is."""
+
+    def __init__(self, names: list[str], notify):
+        self.names, self.notify, self.done = names, notify, 0
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, records: list[dict]):
+        self.done += 1
+        position = f"[{self.done}/{len(self.names)}] {name}"
+        self.notify(f"{position}: exporting and checking ..." if name != "latency benchmark" else f"{position}: timing ...")
+        started, count = time.perf_counter(), len(records)
+        yield
+        checked = records[count:]
+        verdict = ""
+        if checked:
+            failed = [r["format"] for r in checked if not r["passed"]]
+            verdict = f", parity {'FAILED: ' + ', '.join(failed) if failed else 'ok'}"
+        self.notify(f"{position}: done in {time.perf_counter() - started:.1f} s{verdict}")
+
+
 def _tensorrt(model: InferenceModel, onnx_path, out, batches, precisions, reference, inputs, runners, artifacts, notify) -> list[dict]:
-    from deploy.tensorrt_engine import ENGINE_FILES, engine_runner, export_engine, tensorrt_missing, trtexec_command
+    from archlab.deploy.tensorrt_engine import ENGINE_FILES, engine_runner, export_engine, tensorrt_missing, trtexec_command
 
     missing = tensorrt_missing()
     if missing:
@@ -173,7 +201,7 @@ def _tensorrt(model: InferenceModel, onnx_path, out, batches, precisions, refere
 
 def _write_summary(report: dict, records: list[dict], out: str) -> None:
     """The export's inputs, parity errors and table into ``OUT/tensorboard`` (the run's TensorBoard writer)."""
-    from train.summary_writer import write_run_summary
+    from archlab.train.summary_writer import write_run_summary
 
     config = {k: report[k] for k in ("model", "step", "workdir", "out", "batches", "input", "outputs")}
     scalars = {f"{r['format']}_{m}": r[m] for r in records for m in ("max_abs", "max_rel") if isinstance(r.get(m), (int, float))}

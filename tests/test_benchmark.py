@@ -7,8 +7,8 @@ import sys
 import pytest
 from conftest import REPO, cli_env
 
-from bench import BenchmarkError
-from bench.xla_flags import host_device_count, with_host_device_count
+from archlab.bench import BenchmarkError
+from archlab.bench.xla_flags import host_device_count, with_host_device_count
 
 TINY_OVERRIDES = {
     "model.d_model": "32",
@@ -60,7 +60,7 @@ def test_device_count_flag_is_appended_unless_already_set():
 
 
 def test_select_suites():
-    from bench.suites import select_suites, suite_names
+    from archlab.bench.suites import select_suites, suite_names
 
     assert select_suites("all") == [s for s in suite_names() if s != "all"]
     assert select_suites("parallel") == ["parallel"]
@@ -69,7 +69,7 @@ def test_select_suites():
 
 
 def test_check_writable_leaves_an_existing_file_alone(tmp_path):
-    from bench.report import check_writable
+    from archlab.bench.report import check_writable
 
     out = tmp_path / "b.json"
     out.write_text("keep")
@@ -78,7 +78,7 @@ def test_check_writable_leaves_an_existing_file_alone(tmp_path):
 
 
 def test_peak_flops_at_small_sizes():
-    from bench.machine import peak_flops
+    from archlab.bench.machine import peak_flops
 
     peak = peak_flops((64, 128), repeats=2, warmup=1)
     assert peak["flops"] > 0 and peak["n"] in (64, 128)
@@ -88,7 +88,7 @@ def test_peak_flops_at_small_sizes():
 def test_parallel_needs_enough_devices():
     import jax
 
-    from bench.parallel import measure
+    from archlab.bench.parallel import measure
 
     with pytest.raises(BenchmarkError, match="needs"):
         measure(overrides=TINY_OVERRIDES, devices=jax.device_count() + 1, repeats=1)
@@ -96,8 +96,8 @@ def test_parallel_needs_enough_devices():
 
 @pytest.fixture(scope="module")
 def tiny_results():
-    from bench.machine import machine_info
-    from bench.parallel import measure
+    from archlab.bench.machine import machine_info
+    from archlab.bench.parallel import measure
 
     return {
         "machine": machine_info(peak_sizes=(64,), peak_repeats=2),
@@ -106,7 +106,7 @@ def tiny_results():
 
 
 def test_json_layout_and_positive_numbers(tiny_results, tmp_path):
-    from bench.report import write_json
+    from archlab.bench.report import write_json
 
     path = write_json(tiny_results, str(tmp_path / "b.json"))
     data = json.load(open(path))
@@ -123,7 +123,7 @@ def test_json_layout_and_positive_numbers(tiny_results, tmp_path):
 
 
 def test_markdown_has_a_table_per_section(tiny_results):
-    from bench.report import markdown
+    from archlab.bench.report import markdown
 
     text = markdown(tiny_results)
     assert "| cpu |" in text and "GFLOP/s" in text
@@ -133,8 +133,8 @@ def test_markdown_has_a_table_per_section(tiny_results):
 
 
 def test_nas_suite_on_a_tiny_config():
-    from bench.nas import markdown_table, measure, random_distinct_codes
-    from bench.suites import select_suites
+    from archlab.bench.nas import markdown_table, measure, random_distinct_codes
+    from archlab.bench.suites import select_suites
 
     assert select_suites("nas") == ["nas"]
     codes = random_distinct_codes(16)
@@ -160,8 +160,8 @@ def test_transformer_flop_counter_matches_a_hand_count():
     import jax
     import numpy as np
 
-    from arch.transformer import TransformerLM
-    from bench.train import transformer_train_flops
+    from archlab.arch.transformer import TransformerLM
+    from archlab.bench.train import transformer_train_flops
 
     module = TransformerLM(vocab_size=256, num_layers=2, d_model=8, num_heads=2, mlp_dim=16, max_len=4)
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), np.zeros((2, 4), np.int32))["params"]
@@ -178,8 +178,8 @@ def test_transformer_flop_counter_matches_a_hand_count():
 
 
 def test_slope_and_the_tiny_mode_registry():
-    from bench.compile import slope
-    from bench.suites import select_suites, supports_tiny
+    from archlab.bench.compile import slope
+    from archlab.bench.suites import select_suites, supports_tiny
 
     assert slope([2, 4, 8, 12], [1.0, 2.0, 4.0, 6.0]) == pytest.approx(0.5)
     assert slope([1, 2], [3.0, 3.0]) == 0.0
@@ -210,11 +210,14 @@ def test_train_suite_cli_in_tiny_mode_writes_the_json_layout(tmp_path):
     assert r["model_flops"] == r["xla_flops"] > 0  # convolutional models: XLA's count
     assert 0 < t["model_flops"] < t["xla_flops"]  # XLA also counts masked attention and elementwise work
     assert "| transformer (d_model 32, 2 layers" in proc.stdout and "MFU" in proc.stdout
+    progress = [line.strip() for line in proc.stderr.splitlines() if line.startswith(("[1/1]", "  train ["))]
+    assert [line.split(":")[0].split(" done")[0] for line in progress] == [
+        "[1/1] running suite train ...", "train [1/2] transformer", "train [2/2] cnn", "[1/1] suite train"], progress
 
 
 def test_compile_suite_on_a_tiny_transformer():
-    from bench.compile import markdown_table, measure
-    from bench.train import TINY_OVERRIDES
+    from archlab.bench.compile import markdown_table, measure
+    from archlab.bench.train import TINY_OVERRIDES
 
     result = measure(layers=(1, 2), overrides=TINY_OVERRIDES["transformer"], repeats=1)
     for variant in ("scan", "unrolled"):
@@ -232,7 +235,7 @@ def test_compile_suite_on_a_tiny_transformer():
 def test_compile_floor_bounds_the_ratio(monkeypatch):
     """The 1-layer unrolled compile is measured once per repeat when 1 is not among the depths,
     and unrolled-at-deepest / floor is reported as the bound on any scan's ratio."""
-    import bench.compile as compile_suite
+    import archlab.bench.compile as compile_suite
 
     calls = []
 

@@ -8,6 +8,7 @@ export packages are not installed.
 
 import json
 import os
+import re
 import sys
 import types
 
@@ -52,7 +53,7 @@ FAMILIES = {
 
 def initialised_model(family):
     """The family's InferenceModel with seeded random params of the trainer's shapes."""
-    from deploy.checkpoint import random_inference_model
+    from archlab.deploy.checkpoint import random_inference_model
 
     name, overrides, model_changes = FAMILIES[family]
     config = tiny_config(name, **overrides)
@@ -67,10 +68,10 @@ def initialised_model(family):
 def test_family_round_trips_to_saved_model_and_onnx(family, tmp_path):
     import onnx
 
-    from deploy.checkpoint import jit_runner
-    from deploy.onnx_export import BATCH_DIM, ONNX_OPSET, describe_io, export_onnx, onnxruntime_runner
-    from deploy.parity import check_parity
-    from deploy.saved_model import export_saved_model, saved_model_runner
+    from archlab.deploy.checkpoint import jit_runner
+    from archlab.deploy.onnx_export import BATCH_DIM, ONNX_OPSET, describe_io, export_onnx, onnxruntime_runner
+    from archlab.deploy.parity import check_parity
+    from archlab.deploy.saved_model import export_saved_model, saved_model_runner
 
     model = initialised_model(family)
     inputs = {b: model.input_batch(b, seed=0) for b in (1, 5)}  # two batch sizes, one artifact each
@@ -100,8 +101,8 @@ def test_scanned_transformer_exports_as_the_same_function_unrolled():
     """The scan-over-layers params, unstacked into layer_<i>, give the scanned model's logits."""
     import jax
 
-    from arch import get_model_spec
-    from deploy.checkpoint import inference_model, jit_runner
+    from archlab.arch import get_model_spec
+    from archlab.deploy.checkpoint import inference_model, jit_runner
 
     config = tiny_config("transformer", model__scan_layers="true")
     module = get_model_spec("transformer").make_module(config.model)
@@ -141,7 +142,7 @@ def exported_cnn(trained_cnn):
 
 @needs_export
 def test_export_cli_writes_checked_artifacts_and_report(exported_cnn):
-    from deploy.tensorrt_engine import tensorrt_missing
+    from archlab.deploy.tensorrt_engine import tensorrt_missing
 
     out, proc = exported_cnn
     missing = tensorrt_missing()
@@ -158,6 +159,10 @@ def test_export_cli_writes_checked_artifacts_and_report(exported_cnn):
     assert (out / "model.onnx").read_bytes() != b"an old artifact"
     assert not [n for n in os.listdir(out) if ".partial-" in n or ".old-" in n]
     assert "| saved_model | float32 | 1, 6 |" in proc.stdout and "| onnx | float32 | 1, 6 |" in proc.stdout
+    progress = [line for line in proc.stderr.splitlines() if re.match(r"\[\d/3\] ", line)]  # a start and an end line per format
+    assert [line.split(":")[0] for line in progress] == ["[1/3] saved_model"] * 2 + ["[2/3] onnx"] * 2 + ["[3/3] tensorrt"] * 2, progress
+    assert re.fullmatch(r"\[1/3\] saved_model: done in \d+\.\d s, parity ok", progress[1]), progress
+    assert re.fullmatch(r"\[2/3\] onnx: done in \d+\.\d s, parity ok", progress[3]), progress
     if missing:
         skip_lines = [line for line in proc.stderr.splitlines() if line.startswith("tensorrt skipped")]
         assert len(skip_lines) == 1 and missing in skip_lines[0] and f"trtexec --onnx={out / 'model.onnx'}" in skip_lines[0]
@@ -173,7 +178,7 @@ def test_export_cli_writes_checked_artifacts_and_report(exported_cnn):
 
 
 def test_bad_input_is_one_line(tmp_path):
-    from train.config import get_config
+    from archlab.train.config import get_config
 
     assert_one_line_error(run_cli("launch.export", f"--workdir={tmp_path / 'nope'}"), "does not exist")
     assert_one_line_error(run_cli("launch.export", f"--workdir={tmp_path}", "--formats=onnx,pdf"), "unknown format 'pdf'", "saved_model")
@@ -193,8 +198,8 @@ def test_bad_input_is_one_line(tmp_path):
 
 
 def test_parity_failure_names_the_format_and_error():
-    from deploy import ParityError
-    from deploy.parity import check_parity, raise_on_failure
+    from archlab.deploy import ParityError
+    from archlab.deploy.parity import check_parity, raise_on_failure
 
     x = {2: np.ones((2, 3), np.float32)}
     reference = lambda x: [x * 3.0]  # noqa: E731
@@ -209,7 +214,7 @@ def test_parity_failure_names_the_format_and_error():
 def test_int8_parity_counts_the_examples_a_rounding_flip_moved():
     """int8 outside XLA: 1e-2 of the output scale passes, and the record says how many examples
     differ beyond the float32 bound (here 1 of 5, the one whose code flipped)."""
-    from deploy.parity import check_parity
+    from archlab.deploy.parity import check_parity
 
     x = {1: np.ones((1, 3), np.float32), 4: np.ones((4, 3), np.float32)}
     reference = lambda x: [x * 3.0]  # noqa: E731
@@ -225,9 +230,9 @@ def test_unconvertible_primitive_is_one_line():
     from jax.extend.core import Primitive
     from jax.interpreters import mlir
 
-    from deploy import ExportError
-    from deploy.checkpoint import InferenceModel
-    from deploy.onnx_export import convert_to_onnx
+    from archlab.deploy import ExportError
+    from archlab.deploy.checkpoint import InferenceModel
+    from archlab.deploy.onnx_export import convert_to_onnx
 
     doubled = Primitive("archlab_unexportable")
     doubled.def_impl(lambda x: x * 2)
@@ -241,7 +246,7 @@ def test_unconvertible_primitive_is_one_line():
 
 
 def test_atomic_path_never_leaves_a_partial_artifact(tmp_path):
-    from deploy.artifacts import atomic_path, write_text
+    from archlab.deploy.artifacts import atomic_path, write_text
 
     write_text(str(tmp_path / "report.json"), "old")
     with pytest.raises(RuntimeError):
@@ -324,7 +329,7 @@ class FakeTensorRT(types.SimpleNamespace):
 
 @pytest.fixture
 def toy_onnx(tmp_path):
-    from deploy.checkpoint import InferenceModel
+    from archlab.deploy.checkpoint import InferenceModel
 
     path = tmp_path / "model.onnx"
     path.write_bytes(b"onnx bytes")
@@ -334,7 +339,7 @@ def toy_onnx(tmp_path):
 @pytest.mark.parametrize("version", ["10.9.0", "11.2.0"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_tensorrt_builder_branches_on_version(version, precision, toy_onnx, monkeypatch):
-    import deploy.tensorrt_engine as te
+    import archlab.deploy.tensorrt_engine as te
 
     onnx_path, model = toy_onnx
     trt = FakeTensorRT(version)
@@ -354,8 +359,8 @@ def test_tensorrt_builder_branches_on_version(version, precision, toy_onnx, monk
 
 
 def test_tensorrt_11_fp16_without_modelopt_is_one_line(toy_onnx, monkeypatch):
-    import deploy.tensorrt_engine as te
-    from deploy import ExportError
+    import archlab.deploy.tensorrt_engine as te
+    from archlab.deploy import ExportError
 
     onnx_path, model = toy_onnx
     monkeypatch.setitem(sys.modules, "modelopt", None)
@@ -364,7 +369,7 @@ def test_tensorrt_11_fp16_without_modelopt_is_one_line(toy_onnx, monkeypatch):
 
 
 def test_tensorrt_missing_names_what_is_absent(monkeypatch):
-    import deploy.tensorrt_engine as te
+    import archlab.deploy.tensorrt_engine as te
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setattr(te, "cuda_device_count", lambda: 0)
@@ -383,8 +388,8 @@ def test_tensorrt_engine_on_a_gpu(exported_cnn):
 
 
 def test_latency_records_follow_the_infer_layout():
-    from bench.infer import markdown_table
-    from deploy.latency import benchmark_backends
+    from archlab.bench.infer import markdown_table
+    from archlab.deploy.latency import benchmark_backends
 
     inputs = {1: np.ones((1, 4), np.float32), 32: np.ones((32, 4), np.float32)}
     results = benchmark_backends({"jax_jit": lambda x: [x * 2], "onnxruntime": lambda x: [x + 1]}, inputs, warmup=1, repeats=3)
@@ -397,7 +402,7 @@ def test_latency_records_follow_the_infer_layout():
 
 
 def test_backends_take_turns_and_each_gets_its_repeats():
-    from deploy.latency import benchmark_backends
+    from archlab.deploy.latency import benchmark_backends
 
     calls = []
     backends = {"a": lambda x: calls.append("a"), "b": lambda x: calls.append("b")}
@@ -417,8 +422,8 @@ INT8_QUANTISERS = 4  # conv_0, conv_1, dense, head: each rounds its input and it
 @pytest.fixture(scope="module")
 def int8_runs(tmp_path_factory):
     """A quantisation-aware-trained tiny int8 CNN, and a float run with its post-training-quantised copy."""
-    from train.loop import train_and_evaluate
-    from train.quantize import quantize_run
+    from archlab.train.loop import train_and_evaluate
+    from archlab.train.quantize import quantize_run
 
     root = tmp_path_factory.mktemp("int8")
     quiet = dict(progress=False, echo=lambda *a: None)
@@ -430,7 +435,7 @@ def int8_runs(tmp_path_factory):
 
 def _float_twin(model):
     """The same run's params as the float CNN (no ``quant`` collection): what a float-only export computes."""
-    from deploy.checkpoint import inference_model
+    from archlab.deploy.checkpoint import inference_model
 
     config = tiny_config("cnn", **INT8_CNN)
     variables = {k: v for k, v in model.variables.items() if k != "quant"}
@@ -444,9 +449,9 @@ def test_int8_cnn_round_trips_to_onnx_with_the_rounding_in_the_graph(run, int8_r
     batch sizes) and not the float model its params would also give."""
     import onnx
 
-    from deploy.checkpoint import jit_runner, load_inference_model
-    from deploy.onnx_export import export_onnx, onnxruntime_runner
-    from deploy.parity import check_parity
+    from archlab.deploy.checkpoint import jit_runner, load_inference_model
+    from archlab.deploy.onnx_export import export_onnx, onnxruntime_runner
+    from archlab.deploy.parity import check_parity
 
     model = load_inference_model(str(int8_runs / run), notify=lambda *a: None)
     assert "quant" in model.variables and model.step == 6
@@ -468,7 +473,7 @@ def test_int8_cnn_round_trips_to_onnx_with_the_rounding_in_the_graph(run, int8_r
 
 @needs_export
 def test_int8_run_exports_through_the_pipeline_with_both_formats_in_tolerance(int8_runs):
-    from deploy.pipeline import export_run
+    from archlab.deploy.pipeline import export_run
 
     report = export_run(str(int8_runs / "qat"), str(int8_runs / "qat_export"), formats=("saved_model", "onnx"), batches=(1, 4, 6),
                         notify=lambda *a: None)
@@ -481,9 +486,9 @@ def test_int8_run_exports_through_the_pipeline_with_both_formats_in_tolerance(in
 @needs_export
 def test_int8_model_whose_graph_lost_its_rounding_is_refused():
     """An int8 model whose layers an exporter swapped for float ones must not ship as the float model."""
-    from deploy import ExportError
-    from deploy.checkpoint import InferenceModel
-    from deploy.onnx_export import convert_to_onnx
+    from archlab.deploy import ExportError
+    from archlab.deploy.checkpoint import InferenceModel
+    from archlab.deploy.onnx_export import convert_to_onnx
 
     model = InferenceModel("toy", 0, lambda v, x: (x * 2.0,), {"quant": {}}, "images", (4,), "float32", ("y",))
     with pytest.raises(ExportError, match="int8 .* no Round op"):
@@ -495,8 +500,8 @@ def test_int8_model_exports_exactly_to_saved_model(tmp_path):
     """jax2tf traces arch.quant's rounding: the SavedModel matches the int8 model exactly."""
     import jax
 
-    from deploy.checkpoint import jit_runner, random_inference_model
-    from deploy.saved_model import export_saved_model, saved_model_runner
+    from archlab.deploy.checkpoint import jit_runner, random_inference_model
+    from archlab.deploy.saved_model import export_saved_model, saved_model_runner
 
     config = tiny_config("cnn", data__image_size=8, model__quant="int8")
     model = random_inference_model(config)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import REPO, assert_one_line_error, cli_env, run_cli, tiny_cli_flags, tiny_config
 
-from train.checkpoint import CHECKSUMS, Checkpointer, first_nonfinite_leaf, restore_params
-from train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
+from archlab.train.checkpoint import CHECKSUMS, Checkpointer, first_nonfinite_leaf, restore_params
+from archlab.train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
 
 MLP = ["--model=mlp", "--config.train.steps=4", "--config.checkpoint.every=2", "--config.train.log_every=2",
        "--config.train.eval_every=100", "--no_progress"]
@@ -80,7 +80,7 @@ def test_nan_parameters_with_a_finite_loss_are_never_checkpointed(tmp_path, monk
     # A NaN weight decay passes a finite loss and gradient at step 1 but makes every param NaN:
     # the guard must see the updated params, and no checkpoint may be written. (The config check
     # refuses a NaN up front; it is skipped here so the value reaches the in-loop guard.)
-    monkeypatch.setattr("train.loop.resolve_config", lambda config: config)
+    monkeypatch.setattr("archlab.train.loop.resolve_config", lambda config: config)
     config = tiny_config("mlp", train__steps=4, checkpoint__every=1, train__log_every=2)
     config.unlock()
     config.train.weight_decay = float("nan")
@@ -91,7 +91,7 @@ def test_nan_parameters_with_a_finite_loss_are_never_checkpointed(tmp_path, monk
 
 
 def test_saving_a_nonfinite_state_writes_nothing(tmp_path, trained_mlp):
-    from train.checkpoint import NonFiniteStateError
+    from archlab.train.checkpoint import NonFiniteStateError
 
     config, params, model_state, step = restore_params(str(trained_mlp), notify=quiet)
     bad = jax.tree.map(lambda x: x * np.nan, params)
@@ -109,14 +109,15 @@ def _save_raw_step(workdir, step, transform):
     (bypassing the trainer's checks), as a bug or another tool could."""
     import orbax.checkpoint as ocp
 
-    from train.config import apply_overrides, get_config
-    from train.run import Run
+    from archlab.train.checkpoint import _saved_form  # the tree the trainer writes (no ema_params without EMA)
+    from archlab.train.config import apply_overrides, get_config
+    from archlab.train.run import Run
 
     run = Run(apply_overrides(get_config("mlp"), {"train.steps": "4"}))  # the config trained_mlp ran
     checkpointer = Checkpointer(str(workdir / "checkpoints"), keep=10)
     state, data = checkpointer.restore(checkpointer.latest_step(), run.abstract_state)
     state = transform(state).replace(step=np.asarray(step, np.int32))
-    checkpointer._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+    checkpointer._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_saved_form(state)),
                                                              data=ocp.args.JsonSave({**data, "position": step})), force=True)
     checkpointer.close()
 
@@ -170,7 +171,7 @@ def test_every_saved_step_is_sealed_with_checksums(trained_mlp):
 
 
 def test_a_damaged_data_position_falls_back_like_a_damaged_array(tmp_path, trained_mlp):
-    from train.checkpoint import write_checksums
+    from archlab.train.checkpoint import write_checksums
 
     for damage, reseal in (("not json", False), (json.dumps({"position": "four"}), True), (json.dumps({"position": 99}), True)):
         workdir = copy_run(trained_mlp, tmp_path, name=f"run{len(os.listdir(tmp_path))}")
@@ -228,7 +229,7 @@ def test_a_second_trainer_is_refused_and_kill_9_leaves_no_stale_lock(tmp_path):
 
 
 def test_the_lock_is_exclusive_in_process_too(tmp_path):
-    from train.workdir_lock import WorkdirLock, WorkdirLockedError
+    from archlab.train.workdir_lock import WorkdirLock, WorkdirLockedError
 
     with WorkdirLock(str(tmp_path)):
         with pytest.raises(WorkdirLockedError, match=f"pid {os.getpid()}"):
@@ -368,7 +369,7 @@ def test_a_state_too_large_for_memory_is_refused_before_compiling(tmp_path):
 def test_sigterm_outside_the_loop_ends_the_run_cleanly(tmp_path, monkeypatch, trained_mlp):
     import threading
 
-    from train.run import Run
+    from archlab.train.run import Run
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers need the main thread")
@@ -424,15 +425,15 @@ def test_learned_positions_sample_longer_than_max_len_is_refused_before_training
 def test_an_allocation_failure_at_run_time_is_one_line(tmp_path, monkeypatch, capsys):
     import jax.errors
 
-    import launch.train
-    import train.loop
+    from archlab.launch import train as launch_train
+    from archlab.train import loop
 
     def out_of_memory(*args, **kwargs):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 68719476736 bytes.")
 
-    monkeypatch.setattr(train.loop, "train_and_evaluate", out_of_memory)
+    monkeypatch.setattr(loop, "train_and_evaluate", out_of_memory)
     with pytest.raises(SystemExit) as exit_info:
-        launch.train.main(["--model=mlp", f"--workdir={tmp_path / 'w'}", "--config.parallel.distributed=off"])
+        launch_train.main(["--model=mlp", f"--workdir={tmp_path / 'w'}", "--config.parallel.distributed=off"])
     assert exit_info.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "out of memory" in lines[0] and "68719476736 bytes" in lines[0], lines

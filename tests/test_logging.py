@@ -1,10 +1,15 @@
 """TensorBoard output, cluster-log lines and profiling, run as a user runs them and read back with
 TensorBoard's own reader."""
 
+import contextlib
 import glob
+import gzip
 import json
 import os
 import re
+import subprocess
+import sys
+import urllib.request
 
 import pytest
 
@@ -21,6 +26,31 @@ def _events(logdir):
     accumulator = EventAccumulator(logdir, size_guidance={"images": 0, "tensors": 0, "scalars": 0})
     accumulator.Reload()
     return accumulator
+
+
+@contextlib.contextmanager
+def _tensorboard_server(logdir):
+    """``tensorboard --logdir LOGDIR`` as the README runs it (on a free port); yields a JSON getter."""
+    command = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    server = subprocess.Popen([command, "--logdir", str(logdir), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        for line in server.stdout:
+            match = re.search(r"(http://\S+?/)", line)
+            if match:
+                url = match.group(1)
+                break
+        assert url, "tensorboard exited without serving"
+
+        def get(path):
+            with urllib.request.urlopen(url + path, timeout=60) as response:
+                body = response.read()
+                return json.loads(gzip.decompress(body) if response.headers.get("Content-Encoding") == "gzip" else body)
+
+        yield get
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_gan_run_writes_scalars_config_and_figures_and_timestamped_lines(tmp_path):
@@ -66,6 +96,14 @@ def test_profile_steps_writes_a_trace_for_the_profile_tab(tmp_path):
     from tensorboard.backend.event_processing import plugin_asset_util
 
     assert plugin_asset_util.ListAssets(str(workdir / "tensorboard"), "profile") == [os.path.basename(os.path.dirname(traces[0]))]
+    # the README's command: `tensorboard --logdir WORKDIR/tensorboard` serves the scalars (and the Profile tab's run)
+    with _tensorboard_server(workdir / "tensorboard") as get:
+        assert "train/loss" in get("data/plugin/scalars/tags")["."]
+        listing = get("data/plugins_listing")
+        assert listing["scalars"]["enabled"] and listing["hparams"]["enabled"]
+        if "profile" in listing:  # tensorboard-plugin-profile (the tensorboard extra)
+            runs = get("data/plugin/profile/runs")
+            assert runs and os.path.basename(os.path.dirname(traces[0])) in json.dumps(runs), runs
 
     # export writes its parity errors and table through the same writer, into OUT/tensorboard
     pytest.importorskip("jax2onnx", reason="the onnx export needs the export extra")
@@ -80,7 +118,7 @@ def test_profile_steps_writes_a_trace_for_the_profile_tab(tmp_path):
 @pytest.mark.parametrize("value, fragment", [("5", "START:COUNT"), ("3:0", "COUNT >= 1"), ("a:b", "START:COUNT"),
                                              ("15:10", "runs past train.steps=20")])
 def test_bad_profile_steps_is_one_line_and_exit_2(value, fragment):
-    from train.config import ConfigError, apply_overrides, get_config
+    from archlab.train.config import ConfigError, apply_overrides, get_config
 
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         apply_overrides(get_config("mlp"), {"train.steps": "20", "train.profile_steps": value})
@@ -95,7 +133,7 @@ def test_bad_profile_steps_on_the_cli(tmp_path):
 def test_benchmark_profile_wraps_the_suites_in_a_trace(tmp_path):
     import jax.numpy as jnp
 
-    from bench.suites import profiled
+    from archlab.bench.suites import profiled
 
     with profiled(str(tmp_path / "trace")):
         (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()
@@ -106,8 +144,8 @@ def test_benchmark_profile_wraps_the_suites_in_a_trace(tmp_path):
 
 
 def test_nas_search_writes_its_config_scores_and_plots_to_tensorboard(tmp_path):
-    from train.nas.benchmark_table import generate_table
-    from train.nas.runner import apply_nas_overrides, nas_config, run_strategies
+    from archlab.train.nas.benchmark_table import generate_table
+    from archlab.train.nas.runner import apply_nas_overrides, nas_config, run_strategies
 
     table = str(tmp_path / "nb201.csv")
     generate_table(table, 0)
