@@ -19,15 +19,17 @@ def _positive_finite(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-def _our_temp_dirs() -> set[str]:
-    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("archlab-bench-data-")}
-
-
 @pytest.fixture(scope="module")
-def tiny_run():
-    before = _our_temp_dirs()
-    result = data_suite.run_suite(tiny=True)
-    return result, _our_temp_dirs() - before
+def tiny_run(tmp_path_factory):
+    """The tiny suite, with its temporary files in a directory of its own (another test's benchmark
+    run may have its own in the shared temporary directory meanwhile); returns what it left there."""
+    private = str(tmp_path_factory.mktemp("tempdir"))
+    saved, tempfile.tempdir = tempfile.tempdir, private
+    try:
+        result = data_suite.run_suite(tiny=True)
+    finally:
+        tempfile.tempdir = saved
+    return result, {n for n in os.listdir(private) if n.startswith("archlab-bench-data-")}
 
 
 def test_data_is_a_suite_with_a_tiny_mode():
