@@ -1,5 +1,6 @@
 """The real CLI in subprocesses: end to end, resume, SIGTERM, NaN, sampling, and bad input."""
 
+import glob
 import hashlib
 import json
 import os
@@ -179,8 +180,10 @@ def test_help_lists_flags_and_config_keys():
     assert proc.returncode == 0 and "--prompt" in proc.stdout
 
 
-def _readme_blocks():
-    text = open(os.path.join(REPO, "README.md")).read()
+def _readme_blocks(with_docs: bool = False):
+    """The fenced code blocks of README.md (and, ``with_docs``, of docs/*.md)."""
+    paths = [os.path.join(REPO, "README.md")] + (sorted(glob.glob(os.path.join(REPO, "docs", "*.md"))) if with_docs else [])
+    text = "\n".join(open(path).read() for path in paths)
     blocks, inside, current = [], False, []
     for line in text.splitlines():
         if line.startswith("```"):
@@ -199,10 +202,10 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 
 def _readme_launch_commands(with_env: bool = False) -> list:
-    """Every ``python -m launch.X ...`` in the README's code blocks, as argv after ``python -m``
-    (shell loops and ``&``/``;`` tails cut; ``$i`` is process 0); ``with_env``: (``VAR=value``
-    prefixes as a dict, argv) pairs."""
-    joined = "\n".join(_readme_blocks()).replace("\\\n", " ")
+    """Every ``python -m launch.X ...`` in the code blocks of README.md and docs/*.md, as argv after
+    ``python -m`` (shell loops and ``&``/``;`` tails cut; ``$i`` is process 0); ``with_env``:
+    (``VAR=value`` prefixes as a dict, argv) pairs."""
+    joined = "\n".join(_readme_blocks(with_docs=True)).replace("\\\n", " ")
     commands = []
     for line in joined.splitlines():
         if "python -m launch." not in line:
