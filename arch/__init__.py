@@ -17,6 +17,18 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from archlab.arch.cnn import CNN
+from archlab.arch.dehaze import DehazeNet
+from archlab.arch.gan import GAN
+from archlab.arch.inception import InceptionNet
+from archlab.arch.mlp import MLP
+from archlab.arch.nas_cell import NASCellNet
+from archlab.arch.nerf import NeRF
+from archlab.arch.resnet import ResNet
+from archlab.arch.rnn import RecurrentClassifier, RecurrentLM
+from archlab.arch.transformer import TransformerLM
+from archlab.configs import from_ref
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -34,7 +46,7 @@ class ModelSpec:
     make_module: builds the flax module from the ``model`` config section (plus ``decode``).
     config: its default config, ``configs/<file>.py[:arg]`` written ``"<file>.py[:arg]"``; the
         config files are the one source of defaults (``--model=NAME`` loads this one).
-    task: which loss/metrics/data pipeline in ``train/tasks.py`` trains it.
+    task: which loss/metrics/data pipeline in ``train/tasks/`` trains it.
     example_input: a batch-of-one input for init, shape checks and export.
     param_groups: top-level param names that each get their own optimizer (a GAN's two players).
     from_data: model config values read off the built dataset (e.g. a generator's output shape),
@@ -51,14 +63,11 @@ class ModelSpec:
 
     def model_defaults(self) -> dict[str, Any]:
         """The default ``model`` config section, read from its config file."""
-        from archlab.configs import from_ref
 
         return from_ref(self.config).model.to_dict()
 
 
 def _transformer_module(model_config, decode: bool = False) -> nn.Module:
-    from archlab.arch.transformer import TransformerLM
-
     c = model_config
     return TransformerLM(
         vocab_size=c.vocab_size,
@@ -79,16 +88,12 @@ def _transformer_module(model_config, decode: bool = False) -> nn.Module:
 
 
 def _mlp_module(model_config, decode: bool = False) -> nn.Module:
-    from archlab.arch.mlp import MLP
-
     c = model_config
     return MLP(hidden=tuple(c.hidden), num_classes=c.num_classes, activation=c.activation, dropout_rate=c.dropout_rate,
                dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
 
 
 def _cnn_module(model_config, decode: bool = False) -> nn.Module:
-    from archlab.arch.cnn import CNN
-
     c = model_config
     return CNN(channels=tuple(c.channels), dense=c.dense, num_classes=c.num_classes, activation=c.activation,
                dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
@@ -96,8 +101,6 @@ def _cnn_module(model_config, decode: bool = False) -> nn.Module:
 
 def _resnet_module(depth: int):
     def make(model_config, decode: bool = False) -> nn.Module:
-        from archlab.arch.resnet import ResNet
-
         c = model_config
         return ResNet(depth=depth, num_classes=c.num_classes, width=c.width, stem=c.stem, bn_momentum=c.bn_momentum,
                       dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
@@ -107,8 +110,6 @@ def _resnet_module(depth: int):
 
 def _recurrent_module(kind: str):
     def make(model_config, decode: bool = False) -> nn.Module:
-        from archlab.arch.rnn import RecurrentLM
-
         c = model_config
         return RecurrentLM(kind=kind, vocab_size=c.vocab_size, embed_dim=c.embed_dim, hidden=c.hidden, num_layers=c.num_layers,
                            dropout_rate=c.dropout_rate, decode=decode, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
@@ -118,8 +119,6 @@ def _recurrent_module(kind: str):
 
 def _recurrent_classifier_module(kind: str):
     def make(model_config, decode: bool = False) -> nn.Module:
-        from archlab.arch.rnn import RecurrentClassifier
-
         c = model_config
         return RecurrentClassifier(kind=kind, num_classes=c.num_classes, vocab_size=c.vocab_size, embed_dim=c.embed_dim, hidden=c.hidden,
                                    num_layers=c.num_layers, dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype),
@@ -129,16 +128,12 @@ def _recurrent_classifier_module(kind: str):
 
 
 def _gan_module(model_config, decode: bool = False) -> nn.Module:
-    from archlab.arch.gan import GAN
-
     c = model_config
     return GAN(sample_shape=tuple(c.sample_shape), latent_dim=c.latent_dim, style_dim=c.style_dim, mapping_layers=c.mapping_layers,
                width=c.width, synthesis_layers=c.synthesis_layers, disc_width=c.disc_width, disc_layers=c.disc_layers, r1_gamma=c.r1_gamma)
 
 
 def _nerf_module(model_config, decode: bool = False) -> nn.Module:
-    from archlab.arch.nerf import NeRF
-
     c = model_config
     return NeRF(num_layers=c.num_layers, width=c.width, pos_frequencies=c.pos_frequencies, dir_frequencies=c.dir_frequencies,
                 num_coarse=c.num_coarse, num_fine=c.num_fine, near=c.near, far=c.far, background=c.background,
@@ -150,8 +145,6 @@ def _nerf_input(config) -> np.ndarray:
 
 
 def _inception_module(model_config, decode: bool = False) -> nn.Module:
-    from archlab.arch.inception import InceptionNet
-
     c = model_config
     return InceptionNet(num_classes=c.num_classes, stem_features=c.stem_features, stages=tuple(c.stages), branch_widths=tuple(c.branch_widths),
                         factorize_5x5=c.factorize_5x5, residual=c.residual, batch_norm=c.batch_norm, bn_momentum=c.bn_momentum,
@@ -159,16 +152,12 @@ def _inception_module(model_config, decode: bool = False) -> nn.Module:
 
 
 def _dehaze_module(model_config, decode: bool = False) -> nn.Module:
-    from archlab.arch.dehaze import DehazeNet
-
     c = model_config
     return DehazeNet(width=c.width, dilations=tuple(c.dilations), airlight_hidden=c.airlight_hidden, t_min=c.t_min,
                      dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
 
 
 def _nas_cell_module(model_config, decode: bool = False) -> nn.Module:
-    from archlab.arch.nas_cell import NASCellNet
-
     c = model_config
     return NASCellNet(genotype=c.genotype, channels=c.channels, num_classes=c.num_classes)
 

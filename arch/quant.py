@@ -16,7 +16,7 @@ The layers are ``nn.Dense`` / ``nn.Conv`` subclasses whose matmul / convolution 
 ``QuantDotGeneral`` / ``QuantConvGeneralDilated`` (the modules Flax's ``dot_general_cls`` /
 ``conv_general_dilated_cls`` hooks would create, same names), so params have exactly the names
 and shapes of the float layers: a float32 checkpoint loads into the int8 model unchanged, which is
-what post-training quantisation (train/quantize.py) needs. The subclasses write their call out
+what post-training quantisation (train/ptq.py) needs. The subclasses write their call out
 rather than inherit it because jax2onnx converts ``nn.Dense`` / ``nn.Conv`` by patching their
 ``__call__`` with float plugins that skip the hooks; a subclass's own method is not patched, so
 the ONNX export traces the rounding as plain ops (Div, Clip, Round, Mul, MatMul / Conv).
@@ -27,6 +27,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from archlab.arch.layers import logical_init
 
 QUANT_MODES = ("none", "int8")
 QMAX = 127.0  # symmetric int8: codes -127..127 (-128 unused, so the range is symmetric)
@@ -198,7 +200,6 @@ def conv_cls(quant: str):
 
 def quant_dense(quant: str, features: int, axes: tuple[str, str], *, dtype, param_dtype, name: str) -> nn.Dense:
     """``arch.layers.logical_dense`` (same params, same logical axes), fake-quantised when ``quant="int8"``."""
-    from archlab.arch.layers import logical_init
 
     return dense_cls(quant)(
         features, dtype=dtype, param_dtype=param_dtype, name=name,

@@ -21,6 +21,8 @@ import jax
 
 from archlab.bench import BenchmarkError, progress
 from archlab.bench.timing import median
+from archlab.bench.train import TINY_OVERRIDES, make_config
+from archlab.train.run import Run
 
 LAYERS = (2, 4, 8, 12)
 VARIANTS = {"scan": "true", "unrolled": "false"}
@@ -40,8 +42,6 @@ def slope(xs, ys) -> float:
 
 def compile_seconds(layers: int, scan: bool, overrides: dict[str, str] | None = None) -> float:
     """Seconds to trace, lower and compile the transformer train step at ``layers`` layers."""
-    from archlab.bench.train import make_config
-    from archlab.train.run import Run
 
     values = {**(overrides or {}), "model.num_layers": str(layers), "model.scan_layers": VARIANTS["scan" if scan else "unrolled"]}
     run = Run(make_config("transformer", values))
@@ -92,8 +92,7 @@ def measure(*, layers=LAYERS, overrides: dict[str, str] | None = None, repeats: 
 
 
 def run_suite(repeats: int | None = None, *, tiny: bool = False, machine: dict | None = None) -> dict:
-    """The suite as the CLI runs it (2/4/8/12 layers at the issue's shapes, or a tiny model)."""
-    from archlab.bench.train import TINY_OVERRIDES
+    """The suite as the CLI runs it (2/4/8/12 layers at the default benchmark shapes, or a tiny model)."""
 
     if tiny:
         return measure(layers=TINY_LAYERS, overrides=TINY_OVERRIDES["transformer"], repeats=repeats or 1)

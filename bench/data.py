@@ -30,8 +30,14 @@ from typing import Callable
 
 import numpy as np
 
+from archlab.arch import get_model_spec
 from archlab.bench import BenchmarkError, progress
+from archlab.bench.parallel import TimedRun
 from archlab.bench.timing import interleaved_blocks, median
+from archlab.train.config import apply_overrides, get_config
+from archlab.train.data import make_dataset
+from archlab.train.data.records import image_example, write_array_record, write_tfrecord
+from archlab.train.data.text import embedded_text
 
 MODELS = ("cnn", "resnet18", "transformer")
 REQUIRED_RATIO = 3.0
@@ -59,14 +65,11 @@ FULL = dict(pipeline_block=PIPELINE_BLOCK, step_block=STEP_BLOCK, blocks=BLOCKS,
 
 def default_config(model: str, overrides: dict[str, str] | None = None):
     """``model``'s default config on one device, exactly as ``python -m launch.train --model=MODEL`` builds it."""
-    from archlab.train.config import apply_overrides, get_config
 
     return apply_overrides(get_config(model), {**(overrides or {}), **ONE_DEVICE})
 
 
 def task_of(config) -> str:
-    from archlab.arch import get_model_spec
-
     return get_model_spec(config.model_name).task
 
 
@@ -79,7 +82,6 @@ def units_per_batch(config) -> tuple[int, str]:
 
 def with_data(config, **fields):
     """A copy of ``config`` with ``data.FIELD=VALUE`` set (e.g. prefetch=0)."""
-    from archlab.train.config import apply_overrides
 
     return apply_overrides(config, {f"data.{k}": str(v) for k, v in fields.items()})
 
@@ -112,8 +114,6 @@ def drain(stream, batches: int) -> None:
 def measure_default(model: str, *, overrides: dict[str, str] | None = None, pipeline_block: int, step_block: int,
                     blocks: int, warmup_batches: int, warmup_steps: int, seed: int = 0, **_) -> dict:
     """One default run's record: pipeline (default read-ahead), pipeline synchronous, train step; alternating blocks."""
-    from archlab.bench.parallel import TimedRun
-    from archlab.train.data import make_dataset
 
     base = default_config(model, overrides)
     side = TimedRun(base, seed)  # builds its own dataset; its stream feeds the steps
@@ -201,15 +201,12 @@ def write_npz(root: str, rng, n: int) -> str:
 
 
 def _examples(rng, n: int):
-    from archlab.train.data.records import image_example
-
     for image, label in zip(_images(rng, n), rng.integers(0, 10, n)):
         yield image_example(image, int(label), encoding="png")
 
 
 def write_records(root: str, rng, n: int, fmt: str) -> str:
     """``train.FMT`` + ``test.FMT`` of PNG-encoded 32x32 RGB ``tf.train.Example`` images."""
-    from archlab.train.data.records import write_array_record, write_tfrecord
 
     write = write_tfrecord if fmt == "tfrecord" else write_array_record
     path = os.path.join(root, fmt)
@@ -243,7 +240,6 @@ def write_tokens(root: str, rng, tokens: int) -> str:
 
 def write_text(root: str, size: int) -> str:
     """A UTF-8 text file of ``size`` bytes (the embedded corpus, repeated)."""
-    from archlab.train.data.text import embedded_text
 
     corpus = embedded_text().encode("utf-8")
     path = os.path.join(root, "corpus.txt")
@@ -277,7 +273,6 @@ def _one_line(error: BaseException) -> str:
 
 def measure_pipeline(name: str, path: str, workers: int, *, tiny: bool, file_batches: int, file_warmup: int, **_) -> dict:
     """One pipeline's record: its rate on ``path`` with ``workers`` worker processes (default read-ahead)."""
-    from archlab.train.data import make_dataset
 
     model, fmt, what, _, _ = PIPELINES[name]
     overrides = {**(TINY_PIPELINE_OVERRIDES.get(model, {}) if tiny else {}), "data.path": path, "data.format": fmt,

@@ -9,9 +9,17 @@ after warm-up, keyed ``<backend>@<batch>``; per batch size the backends take tur
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 
 from archlab.bench import BenchmarkError, progress
+from archlab.deploy.inference_model import jit_runner, random_inference_model
+from archlab.deploy.latency import benchmark_backends, latency_table
+from archlab.deploy.onnx_export import export_onnx, onnxruntime_runner
+from archlab.deploy.saved_model import export_saved_model, saved_model_runner
+from archlab.train.config import get_config
+
+EXPORT_PACKAGES = ("tensorflow", "jax2onnx", "onnxruntime")  # imported by the deploy modules when they run
 
 MODELS = ("cnn", "transformer")
 BATCHES = (1, 32)
@@ -19,15 +27,9 @@ DEFAULT_REPEATS = 200
 
 
 def run_suite(repeats: int | None = None) -> dict:
-    try:
-        from archlab.deploy.checkpoint import jit_runner, random_inference_model
-        from archlab.deploy.latency import benchmark_backends
-        from archlab.deploy.onnx_export import export_onnx, onnxruntime_runner
-        from archlab.deploy.saved_model import export_saved_model, saved_model_runner
-    except ImportError as e:
-        raise BenchmarkError(f"the infer suite needs the export packages ({e.name} is missing): pip install -e '.[export]'") from None
-    from archlab.train.config import get_config
-
+    missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise BenchmarkError(f"the infer suite needs the export packages ({', '.join(missing)} missing): pip install -e '.[export]'")
     results = {}
     for name in progress.rows(MODELS, "infer"):
         model = random_inference_model(get_config(name))
@@ -45,8 +47,6 @@ def run_suite(repeats: int | None = None) -> dict:
 
 
 def markdown_table(result: dict) -> list[str]:
-    from archlab.deploy.latency import latency_table
-
     rows = []
     for name, records in result.items():
         rows += ([""] if rows else []) + latency_table(name, records)

@@ -6,6 +6,7 @@ import os
 import platform
 
 from archlab.bench.timing import median, time_calls
+from archlab.train import host_memory
 
 PEAK_FLOPS_SIZES = (1024, 1536, 2048)
 
@@ -60,8 +61,6 @@ def machine_info(*, peak_sizes=PEAK_FLOPS_SIZES, peak_repeats: int = 5) -> dict:
     """
     import jax
     import jaxlib
-
-    from archlab.train import host_memory
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     peak = peak_flops(peak_sizes, repeats=peak_repeats)

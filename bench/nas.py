@@ -1,6 +1,6 @@
 """The ``nas`` suite: P different cells trained as one vmap-ed population vs a Python loop of per-cell jits.
 
-The workload of the NAS issue: 16 distinct random NAS-Bench-201 cells (fixed seed), each trained
+The workload: 16 distinct random NAS-Bench-201 cells (fixed seed), each trained
 50 steps on digits 16x16 with batch 32, then evaluated on the validation split. Two ways:
 
 - **vmap**: ``train_population`` (one jit: ``scan`` over steps of the whole population, then one
@@ -24,8 +24,11 @@ import time
 import jax
 import numpy as np
 
+from archlab.arch.nas_cell import CellNet, init_member, init_population, member_logits
+from archlab.arch.search_space import NUM_ARCHITECTURES, index_to_genotype
 from archlab.bench import BenchmarkError
 from archlab.bench.timing import median
+from archlab.train.nas.population import digits_data, make_member_step, train_member, train_population
 
 POPULATION = 16
 STEPS = 50
@@ -38,7 +41,6 @@ DEFAULT_REPEATS = 3
 
 def random_distinct_codes(population: int, seed: int = SEED) -> np.ndarray:
     """``population`` distinct cells [P, 6] int32, drawn uniformly without replacement."""
-    from archlab.arch.search_space import NUM_ARCHITECTURES, index_to_genotype
 
     rng = np.random.default_rng(seed)
     return index_to_genotype(rng.choice(NUM_ARCHITECTURES, size=population, replace=False))
@@ -55,9 +57,6 @@ class MemberLoop:
     """The loop baseline with its compiled programs kept: one jitted step and evaluation per cell."""
 
     def __init__(self, codes: np.ndarray, *, batch_size: int):
-        from archlab.arch.nas_cell import member_logits
-        from archlab.train.nas.population import make_member_step
-
         self.genotypes = [tuple(int(g) for g in code) for code in codes]
         self.steps = [make_member_step(g, batch_size=batch_size) for g in self.genotypes]
         self.evaluate = jax.jit(member_logits, static_argnums=1)
@@ -91,8 +90,6 @@ def measure(
     ``repeats``: timed steady-state passes per side (after the end-to-end pass, which doubles as
     the warm-up of the vmap side; the loop side gets one untimed warm-up pass).
     """
-    from archlab.arch.nas_cell import CellNet, init_member, init_population
-    from archlab.train.nas.population import digits_data, train_member, train_population
 
     if population < 1 or steps < 1 or repeats < 1:
         raise BenchmarkError(f"the nas suite needs population, steps and repeats >= 1; got {population}, {steps}, {repeats}")
@@ -161,7 +158,7 @@ def measure(
 
 
 def run_suite(repeats: int | None = None) -> dict:
-    """The suite as the CLI runs it (the issue's shapes; ``repeats`` None = the default)."""
+    """The suite as the CLI runs it (the default benchmark shapes; ``repeats`` None = the default)."""
     return measure(repeats=DEFAULT_REPEATS if repeats is None else repeats)
 
 

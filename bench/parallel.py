@@ -15,9 +15,11 @@ import jax
 
 from archlab.bench import BenchmarkError
 from archlab.bench.timing import interleaved_blocks, median
+from archlab.train.config import apply_overrides, get_config
+from archlab.train.run import Run
 
 MODEL = "transformer"
-# The shapes of the performance issue: d_model 256, 4 layers, 4 heads, length 128, batch 16, bytes.
+# The benchmark shapes: d_model 256, 4 layers, 4 heads, length 128, batch 16, bytes.
 BENCHMARK_OVERRIDES = {
     "model.d_model": "256",
     "model.num_layers": "4",
@@ -34,7 +36,6 @@ DEFAULT_BLOCK = 5
 
 def make_config(overrides: dict[str, str] | None, devices: int):
     """The benchmark config (``overrides`` on top of the benchmark shapes) on a ``data:devices`` mesh."""
-    from archlab.train.config import apply_overrides, get_config
 
     values = {**BENCHMARK_OVERRIDES, **(overrides or {})}
     values.update({"parallel.mesh": f"data:{devices}", "parallel.num_devices": str(devices)})
@@ -45,8 +46,6 @@ class TimedRun:
     """One compiled train step with its own state and data, stepped and timed one step at a time."""
 
     def __init__(self, config, seed: int = 0):
-        from archlab.train.run import Run
-
         started = time.perf_counter()
         self.run = Run(config)
         self.state = self.run.init_state(seed)

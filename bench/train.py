@@ -17,10 +17,12 @@ from __future__ import annotations
 import jax
 
 from archlab.bench import BenchmarkError, progress
-from archlab.bench.parallel import BENCHMARK_OVERRIDES
+from archlab.bench.parallel import BENCHMARK_OVERRIDES, TimedRun
 from archlab.bench.timing import interleaved_blocks, median
+from archlab.train import host_memory
+from archlab.train.config import apply_overrides, get_config
 
-# The shapes of the performance issue (d_model 256, 4 layers, 4 heads, length 128, batch 16, bytes):
+# The benchmark shapes (d_model 256, 4 layers, 4 heads, length 128, batch 16, bytes):
 # the same ones the parallel suite times, defined there once.
 TRANSFORMER_OVERRIDES = BENCHMARK_OVERRIDES
 # Everything else at the registry's defaults (cnn: digits 16x16, batch 64; resnet18: 32x32, batch 64).
@@ -65,7 +67,6 @@ def xla_flops(compiled) -> float:
 
 def make_config(model: str, overrides: dict[str, str] | None = None):
     """``model``'s default config with the suite's shapes (``overrides`` on top), on one device."""
-    from archlab.train.config import apply_overrides, get_config
 
     values = {**MODELS.get(model, {}), **(overrides or {}), "parallel.mesh": "data:1", "parallel.num_devices": "1"}
     return apply_overrides(get_config(model), values)
@@ -98,8 +99,6 @@ def measure_model(model: str, *, overrides: dict[str, str] | None = None, peak_n
 
     import jax.numpy as jnp
 
-    from archlab.bench.parallel import TimedRun
-
     if warmup < 0:
         raise BenchmarkError(f"warmup must be >= 0, got {warmup}")
     blocks = interleaved_blocks(repeats, block)
@@ -117,8 +116,6 @@ def measure_model(model: str, *, overrides: dict[str, str] | None = None, peak_n
             started = time.perf_counter()
             dot(a, a).block_until_ready()
             dot_times.append(time.perf_counter() - started)
-
-    from archlab.train import host_memory
 
     # The host memory policy's effect, measured in this process: blocks of steps with freed
     # memory returned to the OS (glibc's default) alternate with the kept blocks (train/host_memory.py).
@@ -189,7 +186,7 @@ def measure(*, models=tuple(MODELS), tiny: bool = False, machine_peak: float | N
 
 
 def run_suite(repeats: int | None = None, *, tiny: bool = False, machine: dict | None = None) -> dict:
-    """The suite as the CLI runs it (the issue's shapes unless ``tiny``; ``repeats`` None = the default)."""
+    """The suite as the CLI runs it (the default benchmark shapes unless ``tiny``; ``repeats`` None = the default)."""
     machine = machine or {}
     peak_n = 128 if tiny else int(machine.get("peak_flops_n") or 1024)
     default = 2 if tiny else DEFAULT_REPEATS

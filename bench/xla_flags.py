@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from archlab.train.xla_flags import fake_device_count as host_device_count
-from archlab.train.xla_flags import relax_fake_device_collectives
+from archlab.train.xla_flags import fake_device_count as host_device_count, relax_fake_device_collectives
 
 __all__ = ["host_device_count", "with_host_device_count", "ensure_host_devices"]
 

@@ -53,19 +53,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.weight_decay = 0.1
     c.train.b1 = 0.9
     c.train.b2 = 0.99
-    c.train.optimizer = "adamw"  # adamw, sgd, momentum (b1), adagrad, lion (b1, b2), adafactor (train/optimizers.py)
+    c.train.optimizer = "adamw"  # adamw, sgd, momentum (b1), adagrad, lion (b1, b2), adafactor (train/optim/optimizers.py)
     c.train.schedule = "cosine"  # after warmup: cosine, linear (both to learning_rate * min_lr_ratio), constant, rsqrt
     c.train.ema_decay = 0.0  # in (0, 1): keep an EMA of the params, used for evaluation, sampling and export; 0 disables
     c.train.grad_clip = 1.0  # global-norm clip; 0 disables
     c.train.group_learning_rates = ""  # models with param groups (gan): "generator:2e-4,discriminator:2e-4"
     c.train.grad_accum_steps = 1  # micro-batches per optimizer update (batch_size must divide)
-    # Loss scaling (train/loss_scale.py): auto becomes dynamic for model.dtype=float16, none otherwise.
+    # Loss scaling (train/optim/loss_scale.py): auto becomes dynamic for model.dtype=float16, none otherwise.
     c.train.loss_scaling = "auto"
     c.train.log_every = 50
     c.train.profile_steps = ""  # "START:COUNT": a jax.profiler trace of COUNT steps after START into WORKDIR/tensorboard
     c.train.eval_every = 500
     c.train.eval_batches = 0  # 0: the whole validation split at every evaluation
-    # Pruning (train/prune.py): global magnitude, cubic ramp from prune_start to prune_end (0: 3/4 of steps).
+    # Pruning (train/optim/prune.py): global magnitude, cubic ramp from prune_start to prune_end (0: 3/4 of steps).
     c.train.sparsity = 0.0  # target fraction of Dense/Conv kernel weights set to zero; 0 disables
     c.train.prune_start = 0
     c.train.prune_end = 0

@@ -14,7 +14,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base_config()
     c.model_name = "nerf"
     # near/far bound the samples along each ray and background is the grey level composited behind
-    # them: both match the procedural scene (cameras at radius 4, white background; train/scene.py).
+    # them: both match the procedural scene (cameras at radius 4, white background; train/data/nerf_scene.py).
     c.model = ml_collections.ConfigDict(dict(
         num_layers=4, width=64, pos_frequencies=8, dir_frequencies=2, num_coarse=24, num_fine=32,
         near=2.5, far=5.5, background=1.0, **PRECISION))

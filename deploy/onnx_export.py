@@ -22,7 +22,7 @@ import numpy as np
 
 from archlab.deploy import ExportError
 from archlab.deploy.artifacts import write_bytes
-from archlab.deploy.checkpoint import InferenceModel
+from archlab.deploy.inference_model import InferenceModel
 
 ONNX_OPSET = 21  # onnxruntime >= 1.20 and TensorRT 10's parser both read it
 BATCH_DIM = "B"

@@ -24,8 +24,13 @@ import numpy as np
 
 from archlab.deploy import ExportError, ParityError
 from archlab.deploy.artifacts import write_text
-from archlab.deploy.checkpoint import InferenceModel, jit_runner, load_inference_model
+from archlab.deploy.inference_model import InferenceModel, jit_runner, load_inference_model
+from archlab.deploy.latency import benchmark_backends
+from archlab.deploy.onnx_export import describe_io, export_onnx, onnxruntime_runner
 from archlab.deploy.parity import check_parity, nonfinite_counts, nonfinite_jax_message, parity_table, raise_on_failure
+from archlab.deploy.saved_model import export_saved_model, saved_model_runner
+from archlab.deploy.tensorrt_engine import ENGINE_FILES, engine_runner, export_engine, tensorrt_missing, trtexec_command
+from archlab.train.summary_writer import write_run_summary
 
 FORMATS = ("saved_model", "onnx", "tensorrt")
 TRT_PRECISIONS = ("fp32", "fp16")
@@ -47,8 +52,6 @@ def supported_formats() -> tuple[tuple[str, ...], dict[str, str]]:
     """(the formats this machine can export, {format: what it lacks} for the others): SavedModel
     needs tensorflow; ONNX jax2onnx, onnx and onnxruntime; TensorRT its package and an NVIDIA GPU."""
     import importlib.util
-
-    from archlab.deploy.tensorrt_engine import tensorrt_missing
 
     needs = {"saved_model": ("tensorflow",), "onnx": ("jax2onnx", "onnx", "onnxruntime")}
     missing = {name: " and ".join(f"the {p} package" for p in packages if importlib.util.find_spec(p) is None)
@@ -114,7 +117,6 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
 
     stage = StageProgress([f for f in FORMATS if f in formats] + (["latency benchmark"] if benchmark else []), notify)
     if "saved_model" in formats:
-        from archlab.deploy.saved_model import export_saved_model, saved_model_runner
 
         with stage("saved_model", records):
             path = export_saved_model(model, os.path.join(out, "saved_model"))
@@ -123,7 +125,6 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
             artifacts["saved_model"] = {"path": path, "signature": "serving_default"}
     onnx_path = os.path.join(out, "model.onnx")
     if "onnx" in formats or "tensorrt" in formats:
-        from archlab.deploy.onnx_export import describe_io, export_onnx, onnxruntime_runner
 
         with stage("onnx" if "onnx" in formats else "onnx (for tensorrt)", records):
             proto = export_onnx(model, onnx_path)
@@ -140,7 +141,6 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
     for name, info in artifacts.items():
         report["formats"].setdefault(name, info)
     if benchmark:
-        from archlab.deploy.latency import benchmark_backends
 
         with stage("latency benchmark", []):
             bench_inputs = {b: model.input_batch(b, SEED) for b in parity_batches}
@@ -176,8 +176,6 @@ class StageProgress:
 
 
 def _tensorrt(model: InferenceModel, onnx_path, out, batches, precisions, reference, inputs, runners, artifacts, notify) -> list[dict]:
-    from archlab.deploy.tensorrt_engine import ENGINE_FILES, engine_runner, export_engine, tensorrt_missing, trtexec_command
-
     missing = tensorrt_missing()
     if missing:
         line = (f"tensorrt skipped: no NVIDIA GPU/TensorRT here (missing {missing}); {onnx_path} is ready for "
@@ -201,7 +199,6 @@ def _tensorrt(model: InferenceModel, onnx_path, out, batches, precisions, refere
 
 def _write_summary(report: dict, records: list[dict], out: str) -> None:
     """The export's inputs, parity errors and table into ``OUT/tensorboard`` (the run's TensorBoard writer)."""
-    from archlab.train.summary_writer import write_run_summary
 
     config = {k: report[k] for k in ("model", "step", "workdir", "out", "batches", "input", "outputs")}
     scalars = {f"{r['format']}_{m}": r[m] for r in records for m in ("max_abs", "max_rel") if isinstance(r.get(m), (int, float))}

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from archlab.deploy.artifacts import atomic_path
-from archlab.deploy.checkpoint import InferenceModel
+from archlab.deploy.inference_model import InferenceModel
 
 SIGNATURE = "serving_default"
 

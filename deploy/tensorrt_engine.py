@@ -26,7 +26,7 @@ from archlab.deploy import ExportError
 from archlab.deploy.artifacts import write_bytes
 
 if TYPE_CHECKING:  # only for annotations: building and running engines needs no jax
-    from archlab.deploy.checkpoint import InferenceModel
+    from archlab.deploy.inference_model import InferenceModel
 
 WORKSPACE_BYTES = 1 << 30
 ENGINE_FILES = {"fp32": "model.engine", "fp16": "model.fp16.engine"}

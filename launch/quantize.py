@@ -1,6 +1,6 @@
 """python -m launch.quantize --workdir=RUN [--calibration_batches=N] [--out=DIR]
 
-Post-training int8 quantisation of a trained float run (train/quantize.py): calibrates activation
+Post-training int8 quantisation of a trained float run (train/ptq.py): calibrates activation
 ranges on N training batches, prints float32 vs int8 held-out accuracy and model size, and writes
 the int8 model to DIR (default RUN/ptq_int8) as a normal workdir.
 """
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_logs()
     from archlab.train.checkpoint import CheckpointError
     from archlab.train.data import DataError
-    from archlab.train.quantize import QuantizeError, quantize_run
+    from archlab.train.ptq import QuantizeError, quantize_run
 
     try:
         report = quantize_run(args.workdir, calibration_batches=args.calibration_batches, out=args.out)

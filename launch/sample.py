@@ -35,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from archlab.arch import get_model_spec
-    from archlab.train.checkpoint import CheckpointError, load_run_info, restore_params
+    from archlab.train.checkpoint import CheckpointError
     from archlab.train.data import DataError
     from archlab.train.data.tokenizer import tokenizer_for_config
     from archlab.train.sampling import generate_text
+    from archlab.train.workdir import load_run_info, restore_params
 
     try:
         config = load_run_info(args.workdir)["config"]

@@ -7,8 +7,18 @@ from __future__ import annotations
 import os
 import sys
 
-from archlab.launch.cli import (CONFIG_FILE_HELP, HelpFormatter, OneLineParser, base_config_from_flags, check_platform, default_workdir,
-                        describe_config, fail, quiet_logs, split_config_overrides)
+from archlab.launch.cli import (
+    CONFIG_FILE_HELP,
+    HelpFormatter,
+    OneLineParser,
+    base_config_from_flags,
+    check_platform,
+    default_workdir,
+    describe_config,
+    fail,
+    quiet_logs,
+    split_config_overrides,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from archlab.train.parallel import MeshError
 
     if args.summary:
-        from archlab.train.summary import summarize_model
+        from archlab.train.model_summary import summarize_model
 
         try:
             print(summarize_model(config).table())
@@ -103,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         from archlab.arch import get_model_spec
         from archlab.train.data import make_dataset
-
         from archlab.train.parallel import mesh_shape
         from archlab.train.run import make_run_mesh
 

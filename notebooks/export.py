@@ -28,7 +28,7 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from archlab.deploy.checkpoint import jit_runner, load_inference_model
+from archlab.deploy.inference_model import jit_runner, load_inference_model
 from archlab.deploy.latency import benchmark_backends, latency_table
 from archlab.deploy.onnx_export import onnxruntime_runner
 from archlab.deploy.pipeline import export_run

@@ -20,11 +20,11 @@
 #   embedded digits (`data.dataset=digits`, 16x16). We train it in stages and draw the *same* latents
 #   from each checkpoint, so the grids show one set of samples sharpening over training.
 # - **`--model=nerf`** (`arch/nerf.py`): a positional-encoding MLP field with coarse and fine volume
-#   rendering, trained on random rays of 64 views of the analytic scene in `train/scene.py`. We
+#   rendering, trained on random rays of 64 views of the analytic scene in `train/data/nerf_scene.py`. We
 #   render the 8 held-out camera poses (never trained on) next to their exact ray-cast ground truth.
 #
 # Both train through `train.loop.train_and_evaluate`, the function `python -m launch.train` calls,
-# and are read back from their checkpoints through the library (`deploy.checkpoint`,
+# and are read back from their checkpoints through the library (`deploy.inference_model`,
 # `train.nerf_views`). `SMOKE=1` shrinks both runs to a few steps of tiny models (and the GAN to one stage).
 
 # %%
@@ -48,7 +48,7 @@ RUNS = "runs/notebooks/gan_and_nerf" + ("_smoke" if SMOKE else "")
 # a fixed batch of latents.
 
 # %%
-from archlab.deploy.checkpoint import load_inference_model
+from archlab.deploy.inference_model import load_inference_model
 from archlab.train.config import apply_overrides, get_config
 from archlab.train.loop import train_and_evaluate
 
@@ -76,8 +76,8 @@ print(f"final evaluation at step {gan_summary['step']}: {gan_summary['eval']}")
 # digits at the same resolution, for reference.
 
 # %%
-from archlab.train.checkpoint import load_run_info
-from archlab.train.image_data import load_images
+from archlab.train.data.images import load_images
+from archlab.train.workdir import load_run_info
 
 gan_run = load_run_info(GAN_WORKDIR)["config"]
 real = load_images(gan_run.data.path, gan_run.data.image_size, gan_run.data.val_fraction).x_train[: len(latents)]

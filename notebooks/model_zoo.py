@@ -19,10 +19,10 @@
 #
 # 1. builds every entry from its default config (`train.config.get_config`);
 # 2. prints the parameter and FLOPs summary that `python -m launch.train --model=NAME --summary`
-#    prints (`train.summary.summarize_model`: XLA's own cost analysis, not a hand count);
+#    prints (`train.model_summary.summarize_model`: XLA's own cost analysis, not a hand count);
 # 3. shows one model's parameter tree (treescope in Jupyter, and a per-module table);
 # 4. trains the CNN on the embedded digits with the same function the CLI calls
-#    (`train.loop.train_and_evaluate`), reloads its checkpoint through `deploy.checkpoint`, and
+#    (`train.loop.train_and_evaluate`), reloads its checkpoint through `deploy.inference_model`, and
 #    looks at its mistakes on the test split: a confusion matrix and the misclassified digits.
 #
 # `SMOKE=1` shrinks every step (one summary, 20 training steps) so CI runs it in well under a minute.
@@ -40,7 +40,7 @@ WORKDIR = "runs/notebooks/model_zoo/cnn" + ("_smoke" if SMOKE else "")
 # ## 1. The registry
 #
 # One row per `--model=` name: the flax module its factory builds from the default config, the task
-# (loss, metrics and data pipeline in `train/tasks.py`) and the default `data.dataset` it trains on
+# (loss, metrics and data pipeline in `train/tasks/`) and the default `data.dataset` it trains on
 # offline (`images` is scikit-learn's digits, `corpus` the stdlib's pydoc topics; see `train/data/`).
 
 # %%
@@ -67,7 +67,7 @@ for name, spec in MODELS.items():
 # %%
 import time
 
-from archlab.train.summary import summarize_model
+from archlab.train.model_summary import summarize_model
 
 REPRESENTATIVES = ["cnn"] if SMOKE else [
     "mlp", "cnn", "resnet18", "inception", "nas_cell", "dehaze", "lstm", "lstm_classifier", "transformer", "gan", "nerf",
@@ -148,8 +148,8 @@ plt.show()
 # %% [markdown]
 # ## 4. The trained model's parameter tree
 #
-# `deploy.checkpoint.load_inference_model` restores the latest checkpoint with the trainer's own
-# restore (`train.checkpoint.restore_params`) and returns the pure inference function plus its
+# `deploy.inference_model.load_inference_model` restores the latest checkpoint with the trainer's own
+# restore (`train.workdir.restore_params`) and returns the pure inference function plus its
 # variables. The per-module table is the one `--summary` prints; in Jupyter, treescope renders the same
 # tree interactively (fold and unfold modules; each array is shown with its shape, mean, spread and range).
 
@@ -157,8 +157,8 @@ plt.show()
 import treescope
 from IPython import get_ipython
 
-from archlab.deploy.checkpoint import load_inference_model
-from archlab.train.summary import parameter_rows
+from archlab.deploy.inference_model import load_inference_model
+from archlab.train.model_summary import parameter_rows
 
 model = load_inference_model(WORKDIR)
 print(f"restored {model.model_name} at step {model.step}: input {model.input_name} {model.input_shape}, output {model.output_names}")
@@ -171,12 +171,12 @@ if get_ipython() is not None:
 # ## 5. Mistakes on the test split
 #
 # The test split is the run's own (read back from its `config.json`, built by the same
-# `train.image_data.load_images` the trainer used), so the accuracy computed here from the restored
+# `train.data.images.load_images` the trainer used), so the accuracy computed here from the restored
 # checkpoint must match the loop's last evaluation.
 
 # %%
-from archlab.train.checkpoint import load_run_info
-from archlab.train.image_data import load_images
+from archlab.train.data.images import load_images
+from archlab.train.workdir import load_run_info
 
 run_config = load_run_info(WORKDIR)["config"]
 images = load_images(run_config.data.path, run_config.data.image_size, run_config.data.val_fraction)

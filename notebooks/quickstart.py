@@ -84,8 +84,8 @@ print("last held-out record:", eval_points and [r for r in records if r["split"]
 
 # %%
 from archlab.arch import get_model_spec  # noqa: E402
-from archlab.train.checkpoint import restore_params  # noqa: E402
 from archlab.train.sampling import generate  # noqa: E402
+from archlab.train.workdir import restore_params  # noqa: E402
 
 run_config, params, _, step = restore_params(WORKDIR)
 decoder = get_model_spec(run_config.model_name).make_module(run_config.model, decode=True)

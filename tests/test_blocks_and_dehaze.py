@@ -11,16 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, tiny_config
 
 from archlab.arch import get_model_spec
 from archlab.arch.layers import ConvUnit, InceptionBlock, ResidualBlock, dehaze, dehaze_reference, scatter
 from archlab.train.data import make_dataset
-from archlab.train.image_data import apply_haze, hazy_stream, haze_parameters, load_images, synthesize_haze
+from archlab.train.data.images import apply_haze, haze_parameters, hazy_stream, load_images, synthesize_haze
 from archlab.train.loop import train_and_evaluate
-from archlab.train.state import init_train_state, make_optimizer, param_count
+from archlab.train.optim import make_optimizer
+from archlab.train.state import init_train_state, param_count
 from archlab.train.step import make_train_step
 from archlab.train.tasks import get_task
+
+from conftest import REPO, cli_env, tiny_config
 
 T_MIN = 0.05
 

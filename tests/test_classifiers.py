@@ -7,16 +7,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
 
 from archlab.arch import get_model_spec
 from archlab.train.data import DataError
+from archlab.train.data.images import load_images
 from archlab.train.data.pipeline import array_stream
-from archlab.train.image_data import load_images
 from archlab.train.loop import train_and_evaluate
-from archlab.train.state import init_train_state, make_optimizer, param_count
+from archlab.train.optim import make_optimizer
+from archlab.train.state import init_train_state, param_count
 from archlab.train.step import make_train_step
 from archlab.train.tasks import get_task
+
+from conftest import tiny_config
 
 FAMILIES = {
     # name: (overrides, input shape, parameter count worked out by hand)
@@ -220,7 +222,7 @@ def test_batchnorm_statistics_update_in_training_and_freeze_in_eval():
 
 
 def test_batchnorm_state_is_checkpointed_and_restored(tmp_path):
-    from archlab.train.checkpoint import restore_params
+    from archlab.train.workdir import restore_params
 
     config = tiny_config("resnet18", model__width="2", data__image_size="8", train__steps=4, checkpoint__every=4, parallel__mesh="data:1")
     train_and_evaluate(config, str(tmp_path), progress=False, echo=lambda *a: None)
@@ -231,7 +233,7 @@ def test_batchnorm_state_is_checkpointed_and_restored(tmp_path):
 
 
 def test_restore_uses_the_shape_the_run_was_trained_on(tmp_path):
-    from archlab.train.checkpoint import restore_params
+    from archlab.train.workdir import restore_params
 
     path = tmp_path / "rgb.npz"
     rng = np.random.default_rng(0)

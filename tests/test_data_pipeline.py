@@ -12,12 +12,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
 from archlab.train.data import DataError, make_dataset
 from archlab.train.data.image_folder import decode_image
+from archlab.train.data.images import load_images
 from archlab.train.data.pipeline import TrainStream, array_stream
 from archlab.train.data.records import image_example, write_array_record, write_tfrecord
-from archlab.train.image_data import load_images
+from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,12 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli, tiny_config
-from archlab.train.checkpoint import restore_params
 from archlab.train.config import ConfigError
 from archlab.train.distill import Teacher, TeacherError, distillation_loss, distillation_task, load_teacher
 from archlab.train.loop import train_and_evaluate
 from archlab.train.tasks import CLASSIFICATION
+from archlab.train.workdir import restore_params
+
+from conftest import assert_one_line_error, run_cli, tiny_config
 
 SMALL_CNN = dict(model__channels="4,8", model__dense="16", data__image_size="0", train__warmup_steps="1")
 quiet = dict(progress=False, echo=lambda *a: None)

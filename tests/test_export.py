@@ -14,6 +14,7 @@ import types
 
 import numpy as np
 import pytest
+
 from conftest import assert_one_line_error, run_cli, tiny_config
 
 EXPORT_PACKAGES = ("tensorflow", "jax2onnx", "onnx", "onnxruntime")
@@ -39,7 +40,7 @@ FAMILIES = {
     "nas_cell": ("nas_cell", dict(data__image_size=8), {"channels": 4}),
     "dehaze": ("dehaze", dict(data__image_size=8), {"width": 8}),
     "transformer": ("transformer", {}, {}),
-    "transformer_scan": ("transformer", {}, {"scan_layers": True}),  # exported unrolled (deploy.checkpoint.unrolled)
+    "transformer_scan": ("transformer", {}, {"scan_layers": True}),  # exported unrolled (deploy.inference_model.unrolled)
     "lstm": ("lstm", dict(data__seq_len=8), {"hidden": 16, "embed_dim": 8}),
     "gru": ("gru", dict(data__seq_len=8), {"hidden": 16, "embed_dim": 8}),
     "rnn": ("rnn", dict(data__seq_len=8), {"hidden": 16, "embed_dim": 8}),
@@ -53,7 +54,7 @@ FAMILIES = {
 
 def initialised_model(family):
     """The family's InferenceModel with seeded random params of the trainer's shapes."""
-    from archlab.deploy.checkpoint import random_inference_model
+    from archlab.deploy.inference_model import random_inference_model
 
     name, overrides, model_changes = FAMILIES[family]
     config = tiny_config(name, **overrides)
@@ -68,7 +69,7 @@ def initialised_model(family):
 def test_family_round_trips_to_saved_model_and_onnx(family, tmp_path):
     import onnx
 
-    from archlab.deploy.checkpoint import jit_runner
+    from archlab.deploy.inference_model import jit_runner
     from archlab.deploy.onnx_export import BATCH_DIM, ONNX_OPSET, describe_io, export_onnx, onnxruntime_runner
     from archlab.deploy.parity import check_parity
     from archlab.deploy.saved_model import export_saved_model, saved_model_runner
@@ -102,7 +103,7 @@ def test_scanned_transformer_exports_as_the_same_function_unrolled():
     import jax
 
     from archlab.arch import get_model_spec
-    from archlab.deploy.checkpoint import inference_model, jit_runner
+    from archlab.deploy.inference_model import inference_model, jit_runner
 
     config = tiny_config("transformer", model__scan_layers="true")
     module = get_model_spec("transformer").make_module(config.model)
@@ -231,7 +232,7 @@ def test_unconvertible_primitive_is_one_line():
     from jax.interpreters import mlir
 
     from archlab.deploy import ExportError
-    from archlab.deploy.checkpoint import InferenceModel
+    from archlab.deploy.inference_model import InferenceModel
     from archlab.deploy.onnx_export import convert_to_onnx
 
     doubled = Primitive("archlab_unexportable")
@@ -329,7 +330,7 @@ class FakeTensorRT(types.SimpleNamespace):
 
 @pytest.fixture
 def toy_onnx(tmp_path):
-    from archlab.deploy.checkpoint import InferenceModel
+    from archlab.deploy.inference_model import InferenceModel
 
     path = tmp_path / "model.onnx"
     path.write_bytes(b"onnx bytes")
@@ -423,7 +424,7 @@ INT8_QUANTISERS = 4  # conv_0, conv_1, dense, head: each rounds its input and it
 def int8_runs(tmp_path_factory):
     """A quantisation-aware-trained tiny int8 CNN, and a float run with its post-training-quantised copy."""
     from archlab.train.loop import train_and_evaluate
-    from archlab.train.quantize import quantize_run
+    from archlab.train.ptq import quantize_run
 
     root = tmp_path_factory.mktemp("int8")
     quiet = dict(progress=False, echo=lambda *a: None)
@@ -435,7 +436,7 @@ def int8_runs(tmp_path_factory):
 
 def _float_twin(model):
     """The same run's params as the float CNN (no ``quant`` collection): what a float-only export computes."""
-    from archlab.deploy.checkpoint import inference_model
+    from archlab.deploy.inference_model import inference_model
 
     config = tiny_config("cnn", **INT8_CNN)
     variables = {k: v for k, v in model.variables.items() if k != "quant"}
@@ -449,7 +450,7 @@ def test_int8_cnn_round_trips_to_onnx_with_the_rounding_in_the_graph(run, int8_r
     batch sizes) and not the float model its params would also give."""
     import onnx
 
-    from archlab.deploy.checkpoint import jit_runner, load_inference_model
+    from archlab.deploy.inference_model import jit_runner, load_inference_model
     from archlab.deploy.onnx_export import export_onnx, onnxruntime_runner
     from archlab.deploy.parity import check_parity
 
@@ -487,7 +488,7 @@ def test_int8_run_exports_through_the_pipeline_with_both_formats_in_tolerance(in
 def test_int8_model_whose_graph_lost_its_rounding_is_refused():
     """An int8 model whose layers an exporter swapped for float ones must not ship as the float model."""
     from archlab.deploy import ExportError
-    from archlab.deploy.checkpoint import InferenceModel
+    from archlab.deploy.inference_model import InferenceModel
     from archlab.deploy.onnx_export import convert_to_onnx
 
     model = InferenceModel("toy", 0, lambda v, x: (x * 2.0,), {"quant": {}}, "images", (4,), "float32", ("y",))
@@ -500,7 +501,7 @@ def test_int8_model_exports_exactly_to_saved_model(tmp_path):
     """jax2tf traces arch.quant's rounding: the SavedModel matches the int8 model exactly."""
     import jax
 
-    from archlab.deploy.checkpoint import jit_runner, random_inference_model
+    from archlab.deploy.inference_model import jit_runner, random_inference_model
     from archlab.deploy.saved_model import export_saved_model, saved_model_runner
 
     config = tiny_config("cnn", data__image_size=8, model__quant="int8")

@@ -13,10 +13,12 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, assert_one_line_error, cli_env, run_cli, tiny_cli_flags, tiny_config
 
-from archlab.train.checkpoint import CHECKSUMS, Checkpointer, first_nonfinite_leaf, restore_params
+from archlab.train.checkpoint import CHECKSUMS, Checkpointer, first_nonfinite_leaf
 from archlab.train.loop import NonFiniteLossError, WorkdirError, train_and_evaluate
+from archlab.train.workdir import restore_params
+
+from conftest import REPO, assert_one_line_error, cli_env, run_cli, tiny_cli_flags, tiny_config
 
 MLP = ["--model=mlp", "--config.train.steps=4", "--config.checkpoint.every=2", "--config.train.log_every=2",
        "--config.train.eval_every=100", "--no_progress"]

@@ -8,10 +8,11 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_cli, tiny_config
 
 from archlab.train.data import DataError, make_dataset
-from archlab.train.image_data import load_images
+from archlab.train.data.images import load_images
+
+from conftest import assert_one_line_error, run_cli, tiny_config
 
 MLP = ["--model=mlp", "--config.model.hidden=16", "--config.train.batch_size=8", "--config.train.steps=2",
        "--config.train.eval_every=100", "--no_progress"]

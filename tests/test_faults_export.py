@@ -19,6 +19,7 @@ import tempfile
 
 import numpy as np
 import pytest
+
 from conftest import REPO, assert_one_line_error, cli_env, run_cli, tiny_cli_flags
 
 EXPORT_PACKAGES = ("jax2onnx", "onnx", "onnxruntime")
@@ -215,8 +216,9 @@ def test_parity_fails_on_nan_or_inf_on_either_side():
 def _save_overflowing_step(workdir, step=6, scale=1e30):
     """A finite newest step whose params are the trained ones times ``scale``: restore accepts it,
     and the mlp's logits overflow float32 to inf/NaN."""
-    from archlab.train.checkpoint import Checkpointer, load_run_info
+    from archlab.train.checkpoint import Checkpointer
     from archlab.train.run import Run
+    from archlab.train.workdir import load_run_info
 
     run = Run(load_run_info(workdir)["config"])
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=10)

@@ -8,9 +8,9 @@ import numpy as np
 def test_writing_figures_leaves_the_matplotlib_backend_alone(tmp_path):
     import matplotlib
 
+    from archlab.train.data.nerf_scene import plot_views
     from archlab.train.figures import image_grid, point_cloud
     from archlab.train.metrics import plot_loss_curves
-    from archlab.train.scene import plot_views
 
     original = matplotlib.get_backend()
     matplotlib.use("svg")  # stands in for a notebook's inline backend: any switch to Agg would show

@@ -8,14 +8,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
 
 from archlab.arch import get_model_spec
-from archlab.train.gan_data import RING_STD, ring_centers
+from archlab.train.data.gan import RING_STD, ring_centers
 from archlab.train.loop import train_and_evaluate
-from archlab.train.state import init_train_state, make_optimizer, param_count
+from archlab.train.optim import make_optimizer
+from archlab.train.state import init_train_state, param_count
 from archlab.train.step import make_train_step
-from archlab.train.tasks import get_task, mode_coverage, mode_coverage_sums
+from archlab.train.tasks import get_task
+from archlab.train.tasks.gan import mode_coverage, mode_coverage_sums
+
+from conftest import tiny_config
 
 TINY_GAN = dict(model__latent_dim="8", model__style_dim="16", model__mapping_layers="2", model__width="16",
                 model__synthesis_layers="1", model__disc_width="16", model__disc_layers="2", train__batch_size="32",
@@ -62,7 +65,7 @@ def test_each_player_gets_exactly_its_own_loss_gradient_and_all_are_finite_nonze
     _, state = _state(config, module, real[:1])
     rng = jax.random.PRNGKey(3)
     combined = jax.grad(lambda p: task.loss_fn(module, p, {}, {"inputs": real}, rng, True)[0])(state.params)
-    from archlab.train.tasks import _gan_losses
+    from archlab.train.tasks.gan import _gan_losses
 
     d_grad = jax.grad(lambda p: _gan_losses(module, p, {"inputs": real}, rng, module.r1_gamma)[0])(state.params)
     g_grad = jax.grad(lambda p: _gan_losses(module, p, {"inputs": real}, rng, module.r1_gamma)[1])(state.params)

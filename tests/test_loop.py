@@ -5,10 +5,11 @@ import os
 
 import jax
 import numpy as np
-from conftest import tiny_config
 
-from archlab.train.checkpoint import restore_params
 from archlab.train.loop import train_and_evaluate
+from archlab.train.workdir import restore_params
+
+from conftest import tiny_config
 
 
 def _params(workdir):
@@ -17,7 +18,6 @@ def _params(workdir):
 
 
 def _params_at(workdir, step):
-
     from archlab.train.checkpoint import Checkpointer
     from archlab.train.run import Run
 

@@ -1,4 +1,4 @@
-"""Mixed precision: bf16/f16 compute with f32 params, dynamic loss scaling for float16 (train/loss_scale.py)."""
+"""Mixed precision: bf16/f16 compute with f32 params, dynamic loss scaling for float16 (train/optim/loss_scale.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,8 @@ def _steps(config, tx=None, count=4):
     """Losses of ``count`` train steps of ``config`` on the same batches, plus the final state."""
     from archlab.arch import get_model_spec
     from archlab.train.data import make_dataset
-    from archlab.train.state import init_train_state, make_optimizer
+    from archlab.train.optim import make_optimizer
+    from archlab.train.state import init_train_state
     from archlab.train.step import make_train_step
     from archlab.train.tasks import get_task
 
@@ -55,7 +56,7 @@ def test_bf16_really_computes_in_bf16():
 
 
 def test_dynamic_loss_scale_halves_on_overflow_and_grows_after_n_good_steps():
-    from archlab.train.loss_scale import LossScaleState, dynamic_loss_scale
+    from archlab.train.optim.loss_scale import LossScaleState, dynamic_loss_scale
 
     tx = dynamic_loss_scale(optax.adam(0.1), initial_scale=1024.0, growth_interval=3)
     params = {"w": jnp.ones(3)}
@@ -81,7 +82,7 @@ def test_dynamic_loss_scale_halves_on_overflow_and_grows_after_n_good_steps():
 
 
 def test_float16_step_skips_overflow_halves_the_scale_and_then_trains():
-    from archlab.train.loss_scale import dynamic_loss_scale
+    from archlab.train.optim.loss_scale import dynamic_loss_scale
 
     config = tiny_config("cnn", model__dtype="float16", **CNN_TINY)
     assert config.train.loss_scaling == "dynamic"  # auto -> dynamic for float16

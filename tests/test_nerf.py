@@ -11,16 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, tiny_config
 
 from archlab.arch import get_model_spec
 from archlab.arch.nerf import positional_encoding, render_rays, sample_pdf
-from archlab.train import scene
-from archlab.train.data import DataError, EvalBatches, make_dataset
+from archlab.train.data import DataError, EvalBatches, make_dataset, nerf_scene as scene
 from archlab.train.loop import train_and_evaluate
-from archlab.train.state import init_train_state, make_optimizer, param_count
+from archlab.train.optim import make_optimizer
+from archlab.train.state import init_train_state, param_count
 from archlab.train.step import make_eval_step, make_train_step
 from archlab.train.tasks import get_task
+
+from conftest import REPO, cli_env, tiny_config
 
 TINY_NERF = dict(model__width=8, model__num_layers=2, model__pos_frequencies=2, model__dir_frequencies=1,
                  model__num_coarse=8, model__num_fine=8, data__image_size=8)

@@ -5,13 +5,14 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
 
 from archlab.arch import get_model_spec
-from archlab.train import scene
 from archlab.train.checkpoint import CheckpointError
+from archlab.train.data import nerf_scene as scene
 from archlab.train.loop import train_and_evaluate
 from archlab.train.nerf_views import psnr_per_image, render_held_out_views, render_rays_in_chunks
+
+from conftest import tiny_config
 
 TINY_NERF = dict(model__width=8, model__num_layers=2, model__pos_frequencies=2, model__dir_frequencies=1,
                  model__num_coarse=8, model__num_fine=8, data__image_size=8)

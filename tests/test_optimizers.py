@@ -1,4 +1,4 @@
-"""train.optimizer / train.schedule (train/optimizers.py), the parameter EMA and top-p sampling."""
+"""train.optimizer / train.schedule (train/optim/optimizers.py), the parameter EMA and top-p sampling."""
 
 import json
 import os
@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_one_line_error, run_cli, tiny_cli_flags, tiny_config
 
-from archlab.train.optimizers import OPTIMIZERS, SCHEDULES, ema_update
-from archlab.train.state import learning_rate_schedule, make_optimizer
+from archlab.train.optim import learning_rate_schedule, make_optimizer
+from archlab.train.optim.optimizers import OPTIMIZERS, SCHEDULES, ema_update
+
+from conftest import assert_one_line_error, run_cli, tiny_cli_flags, tiny_config
 
 
 def _train_config(**overrides):
@@ -124,9 +125,10 @@ def test_train_step_keeps_the_ema_and_evaluation_reads_it():
 
 
 def test_ema_survives_resume_and_restore_params_returns_it(tmp_path):
-    from archlab.train.checkpoint import Checkpointer, restore_params
+    from archlab.train.checkpoint import Checkpointer
     from archlab.train.loop import train_and_evaluate
     from archlab.train.run import Run
+    from archlab.train.workdir import restore_params
 
     quiet = dict(progress=False, echo=lambda *a: None)
     config = tiny_config("mlp", train__ema_decay=0.8, train__steps=8, checkpoint__every=4, train__eval_every=100)

@@ -14,12 +14,13 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, cli_env, tiny_cli_flags, tiny_config
 
 from archlab.train import parallel
-from archlab.train.checkpoint import restore_params
 from archlab.train.loop import train_and_evaluate
 from archlab.train.run import Run
+from archlab.train.workdir import restore_params
+
+from conftest import REPO, cli_env, tiny_cli_flags, tiny_config
 
 STEPS = 3
 QUIET = dict(progress=False, echo=lambda *a: None)

@@ -1,4 +1,4 @@
-"""Global magnitude pruning (train/prune.py): exact zeros through updates and save/restore,
+"""Global magnitude pruning (train/optim/prune.py): exact zeros through updates and save/restore,
 the sparsity schedule, one global threshold, and bad inputs."""
 
 import jax
@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_one_line_error, run_cli, tiny_config
 
-from archlab.train import prune
 from archlab.train.checkpoint import Checkpointer
 from archlab.train.config import ConfigError
 from archlab.train.loop import train_and_evaluate
+from archlab.train.optim import make_optimizer, prune
 from archlab.train.run import Run
-from archlab.train.state import make_optimizer
+
+from conftest import assert_one_line_error, run_cli, tiny_config
 
 
 def _toy_params(seed=0):

@@ -1,4 +1,4 @@
-"""int8 fake quantisation (arch/quant.py), QAT on the normal training path, PTQ (train/quantize.py)."""
+"""int8 fake quantisation (arch/quant.py), QAT on the normal training path, PTQ (train/ptq.py)."""
 
 
 import jax
@@ -116,7 +116,7 @@ def test_int8_model_has_the_float_params_and_a_quant_collection():
 
 
 def test_ptq_calibration_sets_activation_scales_from_the_data():
-    from archlab.train.quantize import calibrate, fresh_quant_state
+    from archlab.train.ptq import calibrate, fresh_quant_state
 
     module = _tiny_cnn("int8")
     rng = np.random.default_rng(0)
@@ -138,7 +138,7 @@ def test_ptq_calibration_sets_activation_scales_from_the_data():
 
 
 def test_model_size_counts_int8_kernels_plus_float_scales():
-    from archlab.train.quantize import model_size_bytes
+    from archlab.train.ptq import model_size_bytes
 
     params = {"dense": {"kernel": np.zeros((10, 6), np.float32), "bias": np.zeros((6,), np.float32)},
               "bn": {"scale": np.zeros((6,), np.float32)}}
@@ -149,8 +149,8 @@ def test_model_size_counts_int8_kernels_plus_float_scales():
 
 
 def test_qat_trains_on_the_normal_path_and_ptq_cli_quantizes_a_float_run(tmp_path):
-    from archlab.train.checkpoint import restore_params
     from archlab.train.loop import train_and_evaluate
+    from archlab.train.workdir import restore_params
 
     qat = train_and_evaluate(tiny_config("cnn", model__quant="int8", **CNN_TINY), str(tmp_path / "qat"), progress=False, echo=lambda *a: None)
     assert qat["step"] == 6 and np.isfinite(qat["eval"]["loss"])
@@ -171,7 +171,7 @@ def test_qat_trains_on_the_normal_path_and_ptq_cli_quantizes_a_float_run(tmp_pat
 
     again = run_cli("launch.quantize", f"--workdir={tmp_path / 'f32'}", f"--out={tmp_path / 'int8'}")
     assert_one_line_error(again, "already holds checkpoints")  # never overwrites an int8 run
-    from archlab.train.quantize import QuantizeError, quantize_run
+    from archlab.train.ptq import QuantizeError, quantize_run
 
     with pytest.raises(QuantizeError, match="already an int8 model"):
         quantize_run(str(tmp_path / "qat"), calibration_batches=1)
@@ -182,7 +182,7 @@ def test_qat_trains_on_the_normal_path_and_ptq_cli_quantizes_a_float_run(tmp_pat
 def test_bad_quant_inputs_get_one_line():
     from archlab.train.checkpoint import CheckpointError
     from archlab.train.config import ConfigError
-    from archlab.train.quantize import quantize_run
+    from archlab.train.ptq import quantize_run
 
     with pytest.raises(ConfigError, match="model.quant must be one of none, int8"):
         tiny_config("cnn", model__quant="int4")

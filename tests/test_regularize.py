@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_cli, tiny_config
 
 from archlab.train import augment, early_stopping, regularize
 from archlab.train.config import ConfigError, apply_overrides, get_config
+
+from conftest import assert_one_line_error, run_cli, tiny_config
 
 # --- L1 / L2
 
@@ -128,9 +129,9 @@ def test_early_stopping_stops_at_the_right_evaluation():
 
 
 def test_early_stopping_in_the_loop_keeps_the_best_checkpoint_and_stays_stopped(tmp_path, monkeypatch):
-    from archlab.train.checkpoint import restore_params
     from archlab.train.loop import train_and_evaluate
     from archlab.train.run import Run
+    from archlab.train.workdir import restore_params
 
     scripted = {0: 0.1, 2: 0.5, 4: 0.8, 6: 0.7, 8: 0.8, 10: 0.6, 12: 0.9}  # step -> accuracy; stops after step 8
 

@@ -5,13 +5,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import tiny_config
 
 from archlab.arch import get_model_spec
 from archlab.train.data.text import embedded_text_splits, window_stream
-from archlab.train.state import init_train_state, make_optimizer
+from archlab.train.optim import make_optimizer
+from archlab.train.state import init_train_state
 from archlab.train.step import make_train_step
 from archlab.train.tasks import get_task
+
+from conftest import tiny_config
 
 
 def _setup(**overrides):

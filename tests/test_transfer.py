@@ -9,17 +9,17 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import assert_one_line_error, run_cli, tiny_config
-from archlab.train.checkpoint import restore_params
-from archlab.train.config import ConfigError
-from archlab.train.data import DataError
-from archlab.train.data import make_dataset
-from archlab.train.image_data import ImageSplits, first_train_images, hold_out_validation, parse_classes, select_classes
 from archlab.arch import get_model_spec
+from archlab.train.config import ConfigError
+from archlab.train.data import DataError, make_dataset
+from archlab.train.data.images import ImageSplits, first_train_images, hold_out_validation, parse_classes, select_classes
 from archlab.train.loop import train_and_evaluate
 from archlab.train.run import Run
 from archlab.train.state import init_train_state
 from archlab.train.transfer import TransferError
+from archlab.train.workdir import restore_params
+
+from conftest import assert_one_line_error, run_cli, tiny_config
 
 SMALL_CNN = dict(model__channels="4,8", model__dense="16", data__image_size="0", train__warmup_steps="1")
 quiet = dict(progress=False, echo=lambda *a: None)

@@ -32,26 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from archlab.train.errors import CheckpointConfigError, CheckpointError, CheckpointWriteError, NonFiniteStateError
 from archlab.train.parallel import param_path_name
 from archlab.train.state import TrainState
 
 CHECKSUMS = "archlab_checksums.json"
-
-
-class CheckpointError(RuntimeError):
-    """No intact checkpoint where one was expected."""
-
-
-class CheckpointConfigError(CheckpointError):
-    """The checkpoints are intact but hold other shapes than this config's (a config change, not damage)."""
-
-
-class CheckpointWriteError(CheckpointError):
-    """A checkpoint could not be written (disk full, file too large, permissions)."""
-
-
-class NonFiniteStateError(RuntimeError):
-    """A state about to be saved holds NaN/inf; nothing was written."""
 
 
 class Checkpointer:
@@ -389,60 +374,3 @@ def _saved_form(state: TrainState) -> dict:
 def _check_restored(state: TrainState, step: int) -> None:
     if int(state.step) != step:
         raise CheckpointError(f"state.step={int(state.step)} does not match directory step {step}")
-
-
-def load_run_info(workdir: str) -> dict:
-    """The run's config.json: resolved config, versions, mesh, example input shape."""
-    import json
-
-    import ml_collections
-
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isdir(workdir):
-        raise CheckpointError(f"workdir {workdir!r} does not exist")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{workdir!r} holds no trained run (no config.json); train one with python -m launch.train")
-    try:
-        with open(path) as f:
-            info = json.load(f)
-        info["config"] = ml_collections.ConfigDict(info["config"])
-        return info
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a valid run config ({e})") from None
-
-
-def restore_params(workdir: str, notify=print):
-    """(config, params, model_state, step) of the newest intact checkpoint, on one device; the
-    params are the EMA params where the run kept them (``train.ema_decay`` > 0).
-
-    Read-only: writes, creates and renames nothing in ``workdir``."""
-    import flax.linen as nn
-    import jax.numpy as jnp
-
-    from archlab.arch import get_model_spec
-    from archlab.train.state import eval_params, init_train_state, make_optimizer, uses_ema
-
-    info = load_run_info(workdir)
-    config = info["config"]
-    spec = get_model_spec(config.model_name)
-    module = spec.make_module(config.model)
-    tx = make_optimizer(config.train, spec.param_groups)
-    if "example_input" in info:  # the shape the run was initialised with (image size, channels)
-        example = jnp.zeros(info["example_input"]["shape"], info["example_input"]["dtype"])
-    else:
-        example = jnp.asarray(spec.example_input(config))
-    boxed = jax.eval_shape(lambda: init_train_state(module, tx, example, jax.random.PRNGKey(0), ema=uses_ema(config.train)))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), nn.meta.unbox(boxed))
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise CheckpointError(f"no checkpoint in {directory}")
-    checkpointer = Checkpointer(directory, keep=config.checkpoint.keep, read_only=True)
-    try:
-        restored = checkpointer.restore_latest(abstract, notify=notify)
-    finally:
-        checkpointer.close()
-    if restored is None:
-        raise CheckpointError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-    state, _, step = restored
-    return config, eval_params(state), state.model_state, step

@@ -18,11 +18,15 @@ import ml_collections
 
 from archlab import configs
 from archlab.arch import MODELS, get_model_spec
+from archlab.arch.mlp import ACTIVATIONS
+from archlab.arch.quant import QUANT_MODES
+from archlab.arch.search_space import GenotypeError, genotype_from_string
 from archlab.configs.base import base_config  # noqa: F401  (re-exported: the base every config file starts from)
-
-
-class ConfigError(ValueError):
-    """A bad config key or value given by the user."""
+from archlab.train import augment, distill, early_stopping, profiling, regularize
+from archlab.train.data import dataset_names
+from archlab.train.data.images import parse_classes
+from archlab.train.errors import ConfigError
+from archlab.train.optim import optimizers, parse_group_learning_rates, prune
 
 
 def get_config(model_name: str) -> ml_collections.ConfigDict:
@@ -91,7 +95,7 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
-def _convert(key: str, raw: str, current):
+def convert_override(key: str, raw: str, current):
     """Parses ``raw`` to the type of the current value of ``key``."""
     kind = type(current)
     try:
@@ -147,14 +151,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
             if is_last:
                 if isinstance(node[part], ml_collections.ConfigDict):
                     raise ConfigError(f"config.{key} is a section, not a field; valid fields: {', '.join(sorted(node[part].keys()))}")
-                node[part] = _convert(key, raw, node[part])
+                node[part] = convert_override(key, raw, node[part])
             else:
                 if not isinstance(node[part], ml_collections.ConfigDict):
                     raise ConfigError(f"config.{'.'.join(parts[: depth + 1])} is a field, not a section")
                 node = node[part]
     if config.data.classes and "num_classes" in config.model and "model.num_classes" not in overrides:
-        from archlab.train.image_data import parse_classes
-
         try:  # a subset of k labels is relabelled 0..k-1: a k-way head unless the user says otherwise
             config.model.num_classes = len(parse_classes(config.data.classes))
         except ValueError as e:
@@ -242,14 +244,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (config.parallel.heartbeat_timeout_s >= 1, "parallel.heartbeat_timeout_s must be >= 1"),
         (config.parallel.initialization_timeout_s >= 1, "parallel.initialization_timeout_s must be >= 1"),
     ]
-    from archlab.train.data import dataset_names
 
     datasets = dataset_names(get_model_spec(config.model_name).task) if config.model_name else ()
     if config.data.dataset and datasets:
         checks.append((config.data.dataset in datasets, f"data.dataset must be one of {', '.join(datasets)} for this model (got {config.data.dataset!r})"))
     if config.train.group_learning_rates and config.model_name:
-        from archlab.train.state import parse_group_learning_rates
-
         try:
             parse_group_learning_rates(config.train.group_learning_rates, get_model_spec(config.model_name).param_groups)
         except ValueError as e:
@@ -263,12 +262,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     checks.append((config.train.loss_scaling in ("auto", "dynamic", "none"),
                    f"train.loss_scaling must be auto, dynamic or none (got {config.train.loss_scaling!r})"))
     if "quant" in config.model:
-        from archlab.arch.quant import QUANT_MODES
-
         checks.append((config.model.quant in QUANT_MODES, f"model.quant must be one of {', '.join(QUANT_MODES)} (got {config.model.quant!r})"))
     if "activation" in config.model:
-        from archlab.arch.mlp import ACTIVATIONS
-
         checks.append((config.model.activation in ACTIVATIONS, f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {config.model.activation!r})"))
     if "stem" in config.model:
         checks.append((config.model.stem in ("cifar", "imagenet"), f"model.stem must be 'cifar' or 'imagenet' (got {config.model.stem!r})"))
@@ -290,8 +285,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         checks.append((0.0 < config.model.t_min < 1.0, "model.t_min must be in (0, 1)"))
         checks.append((len(config.model.dilations) >= 1 and min(config.model.dilations, default=0) >= 1, "model.dilations must be dilations >= 1"))
     if "genotype" in config.model:  # nas_cell
-        from archlab.arch.search_space import GenotypeError, genotype_from_string
-
         try:
             genotype_from_string(config.model.genotype)
         except GenotypeError as e:
@@ -301,8 +294,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if "num_classes" in config.model:
         checks.append((config.model.num_classes >= 2, "model.num_classes must be >= 2"))
     if config.data.classes:
-        from archlab.train.image_data import parse_classes
-
         try:
             parse_classes(config.data.classes)
         except ValueError as e:
@@ -311,7 +302,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         checks.append((config.model.positional in ("rotary", "learned"), f"model.positional must be 'rotary' or 'learned' (got {config.model.positional!r})"))
     if "num_heads" in config.model:
         checks.append((config.model.num_heads >= 1 and config.model.d_model % config.model.num_heads == 0, "model.d_model must be divisible by model.num_heads"))
-    from archlab.train import augment, distill, early_stopping, optimizers, profiling, prune, regularize
 
     for module in (optimizers, prune, regularize, augment, early_stopping, distill, profiling):
         checks += [(False, message) for message in module.config_problems(config.train)]

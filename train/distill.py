@@ -1,7 +1,7 @@
 """Knowledge distillation (``train.teacher``): a trained classifier's logits as extra targets.
 
 The teacher is any classification run's workdir: its config and latest checkpoint are restored
-(``train.checkpoint.restore_params``), its variables are frozen constants of the student's jitted
+(``train.workdir.restore_params``), its variables are frozen constants of the student's jitted
 train step, and its logits are computed in that same step on the same (augmented) batch. The
 loss, with ``alpha = train.distill_alpha`` and ``T = train.distill_temperature``, is exactly
 
@@ -22,12 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from archlab.train.config import ConfigError
-from archlab.train.tasks import Task, _apply_classifier
-
-
-class TeacherError(ConfigError):
-    """``train.teacher`` names no usable run, or one trained for a different task or data."""
+from archlab.arch import UnknownModelError, get_model_spec
+from archlab.train.checkpoint import CheckpointError
+from archlab.train.errors import TeacherError
+from archlab.train.tasks import Task
+from archlab.train.tasks.classification import apply_classifier
+from archlab.train.workdir import load_run_info, restore_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Teacher:
 
 
 def distillation_loss(student_logits, teacher_logits, labels, *, alpha: float, temperature: float):
-    """The issue's loss (see the module docstring); returns ``(loss, {"hard_loss", "soft_loss"})``.
+    """The distillation loss (see the module docstring); returns ``(loss, {"hard_loss", "soft_loss"})``.
 
     ``soft_loss`` is the cross-entropy of the tempered distributions before the ``T^2`` factor.
     Logits are ``[..., K]``, labels integer ``[...]``.
@@ -67,7 +67,7 @@ def distillation_task(task: Task, teacher: Teacher, *, alpha: float, temperature
     variables = teacher.variables
 
     def loss_fn(module, params, model_state, batch, rng, train: bool):
-        logits, new_model_state = _apply_classifier(module, params, model_state, batch["inputs"], rng, train)
+        logits, new_model_state = apply_classifier(module, params, model_state, batch["inputs"], rng, train)
         teacher_logits = jax.lax.stop_gradient(teacher.module.apply(variables, batch["inputs"], deterministic=True))
         loss, parts = distillation_loss(logits, teacher_logits, batch["labels"], alpha=alpha, temperature=temperature)
         log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -92,8 +92,6 @@ def load_teacher(config, example_input: np.ndarray, task_name: str, notify=print
     """Restores ``config.train.teacher``'s run and checks it can teach this student; raises
     TeacherError naming what is wrong (missing workdir or checkpoint, another task, another number
     of classes, other data or input shape)."""
-    from archlab.arch import UnknownModelError, get_model_spec
-    from archlab.train.checkpoint import CheckpointError, load_run_info, restore_params
 
     workdir = config.train.teacher
     where = f"train.teacher={workdir!r}"

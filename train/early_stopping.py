@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from archlab.train.checkpoint import Checkpointer
+
 MODES = ("auto", "min", "max")
 
 
@@ -109,8 +111,6 @@ class BestCheckpoint:
         import shutil
 
         import jax
-
-        from archlab.train.checkpoint import Checkpointer
 
         if self._checkpointer is None:
             self._checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=1)

@@ -24,24 +24,17 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from archlab.train import parallel
+from archlab.train import early_stopping, memory_budget, parallel
 from archlab.train.checkpoint import Checkpointer, first_nonfinite_leaf, probe_checkpoint_dir
-from archlab.train.config import resolve_config
+from archlab.train.config import ConfigError, resolve_config
+from archlab.train.errors import NonFiniteLossError, WorkdirError
 from archlab.train.metrics import MetricWriter, plot_loss_curves, read_metrics
+from archlab.train.optim import prune as prune_lib
 from archlab.train.profiling import ProfileWindow
 from archlab.train.run import Run, accumulate_metrics
 from archlab.train.state import TrainState, param_count
-from archlab.train import early_stopping, memory_budget, prune as prune_lib
 from archlab.train.train_log import LOGGER as train_logger, train_line
 from archlab.train.workdir_lock import WorkdirLock, WorkdirLockedError
-
-
-class WorkdirError(ValueError):
-    """A workdir that is a file, cannot be written, is in use, or would lose an earlier run's history."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss or state; no checkpoint of it was written."""
 
 
 class Interrupted(RuntimeError):
@@ -143,12 +136,10 @@ def _check_stopping_metric(run: Run, metric: str) -> None:
     """train.early_stopping_metric must be one of the task's eval metrics, read off the eval step's
     output shapes (nothing is compiled or run)."""
     batch, weights = run.data.eval_batches[0]
-    shapes = jax.eval_shape(run._jit_eval_step, run.abstract_state.params, run.abstract_state.model_state, batch, weights)
+    shapes = jax.eval_shape(run.jit_eval_step, run.abstract_state.params, run.abstract_state.model_state, batch, weights)
     names = sorted(run.task.summarize(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)))
     names += ["sparsity"] if run.config.train.sparsity > 0 else []
     if metric not in names:
-        from archlab.train.config import ConfigError
-
         raise ConfigError(f"train.early_stopping_metric={metric!r} is not an eval metric of this model; valid: {', '.join(names)}")
 
 

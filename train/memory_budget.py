@@ -13,9 +13,7 @@ import math
 
 import jax
 
-
-class OutOfMemoryError(RuntimeError):
-    """The config needs more memory than a device has."""
+from archlab.train.errors import OutOfMemoryError
 
 
 def device_budget_bytes(devices) -> int | None:

@@ -12,6 +12,7 @@ import math
 import os
 from typing import Iterable
 
+from archlab.train.figures import new_figure
 from archlab.train.summary_writer import SummaryWriter
 
 
@@ -77,7 +78,6 @@ _EXTRA_PANELS = (
 
 def plot_loss_curves(records: Iterable[dict], out_path: str, *, title: str = "") -> str:
     """Train and held-out loss against step (plus accuracy, PSNR, mode coverage when logged) as one PNG."""
-    from archlab.train.figures import new_figure
 
     records = list(records)
     mse_loss = any(isinstance(r.get("psnr"), (int, float)) for r in records)  # image reconstruction (NeRF): loss is an MSE

@@ -2,7 +2,7 @@
 
 The loop's evaluation reports PSNR over the held-out rays; this renders the same rays back into
 images (for figures and per-view comparison) from a workdir's latest checkpoint, restored with the
-trainer's own ``train.checkpoint.restore_params``. Rendering goes in fixed-size chunks of rays, so
+trainer's own ``train.workdir.restore_params``. Rendering goes in fixed-size chunks of rays, so
 one compile serves any image size and memory stays bounded.
 """
 
@@ -13,6 +13,11 @@ import functools
 
 import jax
 import numpy as np
+
+from archlab.arch import get_model_spec
+from archlab.train.data import make_dataset
+from archlab.train.image_metrics import psnr
+from archlab.train.workdir import restore_params
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -41,7 +46,7 @@ def psnr_per_image(images: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """PSNR in dB of each image [N, ...] against its target, for values in [0, 1]: -10 log10(MSE)."""
     images, targets = np.asarray(images, np.float64), np.asarray(targets, np.float64)
     mse = np.mean(np.square(images - targets).reshape(len(images), -1), axis=-1)
-    return -10.0 * np.log10(np.maximum(mse, 1e-12))
+    return psnr(mse)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +69,6 @@ def render_held_out_views(workdir: str, chunk: int = 2048, notify=print) -> Held
     so the mean of ``psnr`` equals the loop's ``psnr_view_mean`` at that step.
     Raises ``train.checkpoint.CheckpointError`` for a workdir without a run or a checkpoint.
     """
-    from archlab.arch import get_model_spec
-    from archlab.train.checkpoint import restore_params
-    from archlab.train.data import make_dataset
 
     config, params, model_state, step = restore_params(workdir, notify=notify)
     spec = get_model_spec(config.model_name)

@@ -21,10 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-
-class MeshError(ValueError):
-    """A mesh, rule set or process layout that does not fit the available devices."""
-
+from archlab.train.errors import MeshError
 
 MESH_AXES = ("data", "fsdp", "model")
 

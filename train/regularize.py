@@ -14,7 +14,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from archlab.train.prune import is_prunable
+from archlab.train.optim.prune import is_prunable
 
 
 def config_problems(train_config) -> list[str]:

@@ -18,15 +18,15 @@ import ml_collections
 import numpy as np
 
 from archlab.arch import get_model_spec
-from archlab.train import data as data_lib
-from archlab.train import parallel
+from archlab.train import augment as augment_lib, data as data_lib, distill as distill_lib, parallel, regularize, transfer
+from archlab.train.config import ConfigError
 from archlab.train.data.tokenizer import tokenizer_for_config
+from archlab.train.errors import TransferError
+from archlab.train.optim import freeze, learning_rate_schedule, make_optimizer, prune as prune_lib
 from archlab.train.sampling import generate_text
-from archlab.train.state import TrainState, eval_params, init_train_state, learning_rate_schedule, make_optimizer, uses_ema
+from archlab.train.state import TrainState, eval_params, init_train_state, uses_ema
 from archlab.train.step import make_eval_step, make_train_step
 from archlab.train.tasks import get_task
-from archlab.train import augment as augment_lib, prune as prune_lib, regularize
-from archlab.train import distill as distill_lib, transfer
 
 
 def _add_trees(total, metrics):
@@ -113,8 +113,6 @@ class Run:
         self.example_input = jnp.asarray(self.data.example_input)
         problem = augment_lib.check_inputs(config.train, self.example_input, self.spec.task)
         if problem:
-            from archlab.train.config import ConfigError
-
             raise ConfigError(problem)
         # Distillation: the task the train step optimises also matches a frozen teacher's logits.
         self.train_task, self.teacher = distill_lib.from_config(config, self.task, self.data.example_input, self.spec.task)
@@ -132,8 +130,8 @@ class Run:
         )
         self._init = jax.jit(lambda rng: nn.meta.unbox(init(rng)), out_shardings=self.state_shardings)
         self.init_source = transfer.load_source(config, self.abstract_state) if config.train.init_from else None
-        if config.train.freeze_backbone and not transfer.has_head(self.abstract_state.params):
-            raise transfer.TransferError(f"train.freeze_backbone: --model={config.model_name} has no '{transfer.HEAD}' module to train alone")
+        if config.train.freeze_backbone and not freeze.has_head(self.abstract_state.params):
+            raise TransferError(f"train.freeze_backbone: --model={config.model_name} has no '{freeze.HEAD}' module to train alone")
         example_batch = self.data.train.batch_at(0)
         self.batch_sharding = {k: parallel.batch_sharding(self.mesh, self.rules, ndim=v.ndim) for k, v in example_batch.items()}
         self._global_batch = {
@@ -161,7 +159,7 @@ class Run:
                 step_with_rng, axis_name=parallel.PmapLayout.axis_name, devices=self.pmap.local_devices, donate_argnums=0
             )
         eval_step = make_eval_step(module=self.module, task=self.task)
-        self._jit_eval_step = jax.jit(eval_step)
+        self.jit_eval_step = jax.jit(eval_step)
 
     # --- state and batches in the mode's layout (jit: global sharded arrays; pmap: stacked per device)
 
@@ -243,7 +241,7 @@ class Run:
         sums = None
         with parallel.mesh_context(self.mesh, self.rules):
             for batch, weights in batches:
-                out = self._jit_eval_step(eval_params(state), state.model_state, batch, weights)
+                out = self.jit_eval_step(eval_params(state), state.model_state, batch, weights)
                 sums = out if sums is None else accumulate_metrics(sums, out)
         result = self.task.summarize(parallel.gather_to_host(sums, self.mesh))
         if self.config.train.sparsity > 0:

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from archlab.train.loss_scale import find_scale, scaled_value_and_grad
-from archlab.train.optimizers import ema_update
+from archlab.train.optim.loss_scale import find_scale, scaled_value_and_grad
+from archlab.train.optim.optimizers import ema_update
 from archlab.train.state import TrainState
 from archlab.train.tasks import Task
 
@@ -40,7 +40,7 @@ def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, gra
     differentiated and reported as the ``penalty`` metric (``loss`` stays the data loss).
     ``augment(batch, rng) -> batch`` (train/augment.py) transforms the batch first, from this
     step's rng, so augmentation is deterministic and needs no host randomness.
-    ``ema_decay`` > 0 moves ``state.ema_params`` toward the updated params (train/optimizers.py).
+    ``ema_decay`` > 0 moves ``state.ema_params`` toward the updated params (train/optim/optimizers.py).
 
     ``cross_replica_mean`` (pmap mode: ``lax.pmean`` over the device axis) averages gradients,
     metrics and batch statistics across replicas before the update; under jit the step already sees
@@ -62,7 +62,7 @@ def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, gra
     def train_step(state: TrainState, batch, rng: jax.Array):
         if augment is not None:
             batch = augment(batch, jax.random.fold_in(rng, 0x61756775))  # a stream apart from dropout's
-        scale = find_scale(state.opt_state)  # float16: the dynamic loss scale (train/loss_scale.py), else None
+        scale = find_scale(state.opt_state)  # float16: the dynamic loss scale (train/optim/loss_scale.py), else None
         if grad_accum_steps == 1:
             loss, metrics, model_state, grads = loss_and_grad(state.params, state.model_state, batch, rng, scale)
         else:

@@ -7,10 +7,7 @@ trained on another label set (``data.classes``), since its rows would mean other
 other mismatch is the wrong source and is refused, naming the param and both shapes. Optimizer
 state and step start fresh. A workdir that already holds a checkpoint resumes from it instead
 (resume wins over init, as in big_vision).
-
-``freeze_backbone`` routes every param outside ``head`` to ``optax.set_to_zero`` inside one
-``optax.multi_transform`` with the usual optimizer, so the backbone stays bitwise fixed (weight
-decay included) while the head trains; BatchNorm statistics still follow the new data.
+``train.freeze_backbone`` then trains the head alone (train/optim/freeze.py).
 """
 
 from __future__ import annotations
@@ -18,20 +15,15 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from archlab.train.config import ConfigError
+from archlab.train.checkpoint import CheckpointError
+from archlab.train.errors import TransferError
+from archlab.train.optim.freeze import HEAD, has_head, is_head
 from archlab.train.parallel import param_path_name
-
-HEAD = "head"
-
-
-class TransferError(ConfigError):
-    """``train.init_from`` names no usable run, or one whose params do not fit this model."""
+from archlab.train.workdir import restore_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,28 +44,6 @@ def _shapes(tree) -> dict[str, tuple]:
     return {param_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _is_head(name: str) -> bool:
-    return name.split("/")[0] == HEAD
-
-
-def has_head(params) -> bool:
-    return HEAD in params
-
-
-def head_labels(params):
-    """``"head"`` for the head's leaves, ``"backbone"`` for the rest (multi_transform labels).
-
-    A boxed param (logical axis names) gets one label for its box, so the optimizer state holds
-    ``MaskedNode`` in place of whole boxes and its sharding specs still line up with its shapes."""
-    boxed = lambda x: isinstance(x, nn.meta.AxisMetadata)
-    return {name: jax.tree.map(lambda _: HEAD if name == HEAD else "backbone", sub, is_leaf=boxed) for name, sub in params.items()}
-
-
-def freeze_backbone(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``tx`` on the head only; zero updates (so bitwise-unchanged params) everywhere else."""
-    return optax.multi_transform({HEAD: tx, "backbone": optax.set_to_zero()}, head_labels)
-
-
 def check_compatible(source: dict, target: dict, what: str, where: str, *, allow_head: bool) -> list[str]:
     """Names of ``target`` leaves (``head.*`` only) whose shapes differ; raises TransferError on
     any other difference, naming the param and both shapes."""
@@ -83,12 +53,12 @@ def check_compatible(source: dict, target: dict, what: str, where: str, *, allow
         if name not in have:
             raise TransferError(f"{where}: {what} {name} {want[name]} of this model is missing from the source run")
         if name not in want:
-            if allow_head and _is_head(name):
+            if allow_head and is_head(name):
                 differing.append(name)
                 continue
             raise TransferError(f"{where}: the source run has {what} {name} {have[name]} that this model lacks")
         if have[name] != want[name]:
-            if allow_head and _is_head(name):
+            if allow_head and is_head(name):
                 differing.append(name)
                 continue
             raise TransferError(f"{where}: {what} {name} is {have[name]} in the source run but {want[name]} in this model; "
@@ -98,7 +68,6 @@ def check_compatible(source: dict, target: dict, what: str, where: str, *, allow
 
 def load_source(config, abstract_state, notify=print) -> InitSource:
     """Restores ``config.train.init_from`` and checks it fits ``abstract_state`` (this run's)."""
-    from archlab.train.checkpoint import CheckpointError, restore_params
 
     workdir = config.train.init_from
     where = f"train.init_from={workdir!r}"
@@ -136,7 +105,7 @@ def merge(fresh, source, *, replace_head: bool):
 
     def pick(path, leaf):
         name = param_path_name(path)
-        if replace_head and _is_head(name):
+        if replace_head and is_head(name):
             return leaf
         return _place_like(source_by_name[name], leaf)
 
@@ -160,4 +129,4 @@ def trainable_count(params, frozen: bool) -> tuple[int, int]:
     total = sum(int(np.prod(s)) for s in _shapes(params).values())
     if not frozen:
         return total, total
-    return sum(int(np.prod(s)) for n, s in _shapes(params).items() if _is_head(n)), total
+    return sum(int(np.prod(s)) for n, s in _shapes(params).items() if is_head(n)), total

@@ -12,9 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-
-class WorkdirLockedError(RuntimeError):
-    """Another live process is training in this workdir."""
+from archlab.train.errors import WorkdirLockedError
 
 
 class WorkdirLock:

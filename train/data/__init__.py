@@ -1,10 +1,11 @@
-"""The data package: every dataset as a grain pipeline (see ``train/data/pipeline.py``).
+"""The data package: every dataset as a grain pipeline (``pipeline.py``).
 
-Sources: ``text.py`` (the embedded corpus, text files and ``.bin`` token files, memory-mapped),
-``topics.py`` (the recurrent classifiers' windows), ``train/image_data.py`` (digits, ``.npz``,
-CIFAR-10 in memory), ``image_records.py`` (TFRecord / ArrayRecord / image folders, streamed),
-``records.py`` and ``image_folder.py`` (the random-access readers), ``tokenizer.py``. This module
-is the registry on top: task -> dataset name -> builder.
+One file per source: ``text.py`` (the embedded corpus, text files and ``.bin`` token files, read
+window by window), ``topics.py`` (the recurrent classifiers' windows), ``images.py`` (digits,
+``.npz``, CIFAR-10 in memory; procedural haze), ``image_records.py`` (TFRecord / ArrayRecord /
+image folders, streamed), ``gan.py`` (the ring of Gaussians and digit images), ``nerf_scene.py``
+(the ray-cast scene); the readers ``records.py``, ``image_folder.py`` and ``token_file.py``; and
+``tokenizer.py``, ``normalize.py``. This module is the registry on top: task -> dataset name -> builder.
 """
 
 from __future__ import annotations
@@ -14,10 +15,27 @@ from typing import Callable
 
 import numpy as np
 
+from archlab.train.data import gan as gan_data, topics
 from archlab.train.data.dataset import Dataset
-from archlab.train.data.errors import DataError
+from archlab.train.data.image_records import streamed_classification_dataset
+from archlab.train.data.images import (
+    STREAMING_FORMATS,
+    check_labels,
+    detect_image_format,
+    first_train_images,
+    hazy_stream,
+    hazy_test_split,
+    hold_out_validation,
+    load_images,
+    out_of_range_labels,
+    select_classes,
+)
+from archlab.train.data.nerf_scene import build_nerf_dataset
+from archlab.train.data.normalize import NORMALIZE_CHOICES, channel_statistics, describe_statistics, wants_normalization
 from archlab.train.data.pipeline import EvalBatches, TrainStream, array_stream
 from archlab.train.data.text import eval_windows, load_token_splits, window_stream
+from archlab.train.errors import DataError
+
 
 def _lm_dataset(config, shard: int, num_shards: int) -> Dataset:
     t, d = config.train, config.data
@@ -39,7 +57,6 @@ def _lm_dataset(config, shard: int, num_shards: int) -> Dataset:
 def check_class_labels(config, images) -> None:
     """Refuses labels a classifier cannot learn (DataError naming the file, the labels and the valid
     range): negative ones always, and those >= model.num_classes unless data.classes relabels them."""
-    from archlab.train.image_data import check_labels, out_of_range_labels
 
     labels = np.concatenate([images.y_train, images.y_test])
     limit = config.model.num_classes if "num_classes" in config.model and not config.data.get("classes", "") else None
@@ -50,35 +67,9 @@ def check_class_labels(config, images) -> None:
     check_labels(labels, limit, config.data.path or images.source, why)
 
 
-NORMALIZE_CHOICES = ("auto", "on", "off")
-
-
-def wants_normalization(d, is_file_source: bool) -> bool:
-    """``data.normalize``: auto is on for image files (CIFAR-10, records, folders, .npz), off for the embedded digits."""
-    if d.normalize not in NORMALIZE_CHOICES:
-        raise DataError(f"data.normalize={d.normalize!r}; valid: {', '.join(NORMALIZE_CHOICES)}")
-    return d.normalize == "on" or (d.normalize == "auto" and is_file_source)
-
-
-def channel_statistics(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std (float32 [C]) of images [N, H, W, C]; std floored at 1e-3."""
-    mean = images.mean(axis=(0, 1, 2), dtype=np.float64)
-    std = images.std(axis=(0, 1, 2), dtype=np.float64)
-    return mean.astype(np.float32), np.maximum(std, 1e-3).astype(np.float32)
-
-
-def describe_statistics(mean: np.ndarray, std: np.ndarray) -> str:
-    fmt = lambda values: "[" + ", ".join(f"{v:.4f}" for v in values) + "]"
-    return f"mean {fmt(mean)}, std {fmt(std)}"
-
-
 def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
-    from archlab.train.image_data import STREAMING_FORMATS, detect_image_format, first_train_images, hold_out_validation, load_images, select_classes
-
     t, d = config.train, config.data
     if d.path and detect_image_format(d.path, d.format) in STREAMING_FORMATS:
-        from archlab.train.data.image_records import streamed_classification_dataset
-
         return streamed_classification_dataset(config, shard, num_shards)
     images = load_images(d.path, d.image_size, d.val_fraction, d.format)
     check_class_labels(config, images)
@@ -116,7 +107,6 @@ def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
 
 def _nerf_dataset(config, shard: int, num_shards: int) -> Dataset:
     """The procedural NeRF scene: random rays of its training views, every ray of its held-out views."""
-    from archlab.train.scene import build_nerf_dataset
 
     return build_nerf_dataset(config, shard, num_shards)
 
@@ -124,7 +114,6 @@ def _nerf_dataset(config, shard: int, num_shards: int) -> Dataset:
 def _restoration_dataset(config, shard: int, num_shards: int) -> Dataset:
     """Procedurally hazed images (digits by default, or data.path): hazed afresh every training
     batch, with fixed haze on the held-out split; batches ``{"inputs": hazy, "targets": clean}``."""
-    from archlab.train.image_data import first_train_images, hazy_stream, hazy_test_split, load_images
 
     t, d = config.train, config.data
     images = first_train_images(load_images(d.path, d.image_size, d.val_fraction, d.format), d.get("train_examples", 0))
@@ -154,14 +143,10 @@ DATASETS: dict[str, dict[str, Callable]] = {
 
 
 def _topics():
-    from archlab.train.data import topics
-
     return topics
 
 
 def _gan_data():
-    from archlab.train import gan_data
-
     return gan_data
 
 

@@ -13,7 +13,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from archlab.train.data.errors import DataError
+from archlab.train.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Split directory name -> split; "train" plus any of the others means a split layout.

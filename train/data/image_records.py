@@ -13,12 +13,14 @@ from __future__ import annotations
 import numpy as np
 
 from archlab.train.data.dataset import Dataset
-from archlab.train.data.errors import DataError
 from archlab.train.data.image_folder import image_folder_splits, resize_image
+from archlab.train.data.images import detect_image_format
+from archlab.train.data.normalize import channel_statistics, describe_statistics, wants_normalization
 from archlab.train.data.pipeline import EvalBatches, record_stream
 from archlab.train.data.records import ArrayRecordSource, TFRecordSource, record_split_files
+from archlab.train.errors import DataError
 
-_SPLIT_SEED = 20_240_601  # the fixed order of the training records (train/image_data.py uses the same)
+_SPLIT_SEED = 20_240_601  # the fixed order of the training records (train/data/images.py uses the same)
 _STATISTICS_SAMPLE = 1024  # training images that measure the per-channel mean/std
 RECORD_EXTENSIONS = {"tfrecord": ("tfrecord",), "array_record": ("array_record", "arecord")}
 
@@ -80,9 +82,6 @@ class ImageReader:
 
 
 def streamed_classification_dataset(config, shard: int, num_shards: int) -> Dataset:
-    from archlab.train.data import channel_statistics, describe_statistics, wants_normalization
-    from archlab.train.image_data import detect_image_format
-
     t, d = config.train, config.data
     fmt = detect_image_format(d.path, d.format)
     if d.get("classes", ""):

@@ -26,7 +26,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from archlab.train.data.errors import DataError
+from archlab.train.errors import DataError
 
 _ENDLESS = 2**62  # positions of the training stream (it never ends; the loop stops it)
 _PERMUTATION_CACHE = 2  # epochs whose permutations are kept (the current and the next)

@@ -20,8 +20,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from archlab.train.data.errors import DataError
 from archlab.train.data.image_folder import decode_image
+from archlab.train.errors import DataError
 
 # ---------------------------------------------------------------- CRC32C (Castagnoli), TFRecord masking
 

@@ -23,10 +23,11 @@ import zlib
 
 import numpy as np
 
-from archlab.train.data.errors import DataError
 from archlab.train.data.pipeline import EvalBatches, TrainStream, local_rows, random_starts
 from archlab.train.data.token_file import TokenFile
 from archlab.train.data.tokenizer import check_tokens_match, load_tokenizer, token_file
+from archlab.train.errors import DataError
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenSplits:

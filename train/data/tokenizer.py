@@ -18,8 +18,8 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from archlab.train.data.errors import DataError
 from archlab.train.data.token_file import TokenFile
+from archlab.train.errors import DataError
 
 TOKENIZERS = ("bytes", "sentencepiece")
 TOKEN_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}

@@ -7,10 +7,9 @@ import os
 import numpy as np
 
 from archlab.train.data.dataset import Dataset
-from archlab.train.data.errors import DataError
 from archlab.train.data.pipeline import EvalBatches, TrainStream, local_rows
 from archlab.train.data.text import windows
-
+from archlab.train.errors import DataError
 
 # The recurrent classifiers' task: which help topic a window of bytes comes from. These 8 large
 # topics share no text with each other (checked: no 64-byte shingle of one is in another; e.g.

@@ -5,13 +5,11 @@ convert once with the benchmark's own API, into either format below (keys are NA
 strings such as ``|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|``):
 
 - CSV with a header holding ``arch`` and a metric column (``accuracy``, or ``valid-accuracy``)::
-
       arch,accuracy
       |nor_conv_3x3~0|+|...|,91.7
 
 - JSON, either ``{"<arch>": 91.7, ...}``, ``{"<arch>": {"valid-accuracy": 91.7, ...}, ...}``, or a list of
   records as NATS-Bench's API gives them with the arch string added::
-
       from nats_bench import create
       api = create(None, "tss", fast_mode=True, verbose=False)
       rows = [{"arch": api.arch(i), **api.get_more_info(i, "cifar10-valid", hp="200")} for i in range(len(api))]
@@ -31,18 +29,22 @@ import os
 
 import numpy as np
 
-from archlab.arch.search_space import (NUM_EDGES, NUM_OPS, CellSpace, GenotypeError, genotype_from_string, genotype_to_string,
-                               is_disconnected)
+from archlab.arch.search_space import (
+    NUM_EDGES,
+    NUM_OPS,
+    CellSpace,
+    GenotypeError,
+    genotype_from_string,
+    genotype_to_string,
+    is_disconnected,
+)
+from archlab.train.errors import TableError
 from archlab.train.nas.space_ops import codes_from_indices, indices_from_codes
 
 CELL_CHOICES = CellSpace().num_choices
 METRICS = ("accuracy", "valid-accuracy", "valid_accuracy")  # tried in order when no metric is named
 __all__ = ["CELL_CHOICES", "Table", "TableError", "generate_table", "genotype_from_string", "genotype_to_string",
            "is_connected", "load_table", "synthetic_scores"]
-
-
-class TableError(ValueError):
-    """A benchmark table that is missing, empty or malformed (one line, naming file and row)."""
 
 
 def is_connected(code) -> bool:

@@ -21,6 +21,8 @@ import optax
 from flax import struct
 
 from archlab.arch.nas_cell import CellNet, init_population, member_logits, op_dispatch, population_logits
+from archlab.train.data.images import load_images, split_train_test
+from archlab.train.errors import PopulationMemoryError
 from archlab.train.nas.small_jit import small_jit
 
 
@@ -40,10 +42,9 @@ def digits_data(image_size: int = 16, val_fraction: float = 0.2) -> PopulationDa
     Search scores use a validation split carved out of the training images, so the digits test
     split stays unseen by the search (the final model of a found cell is measured on it).
     """
-    from archlab.train.image_data import _split, load_images
 
     splits = load_images("", image_size, val_fraction)
-    x_train, y_train, x_val, y_val = _split(splits.x_train, splits.y_train, val_fraction)
+    x_train, y_train, x_val, y_val = split_train_test(splits.x_train, splits.y_train, val_fraction)
     return PopulationData(*(jnp.asarray(a) for a in (x_train, y_train, x_val, y_val)))
 
 
@@ -76,10 +77,6 @@ def _apply(params, updates, learning_rate, weight_decay):
         return p - lr * (u + wd * p)
 
     return jax.tree.map(one, params, updates)
-
-
-class PopulationMemoryError(ValueError):
-    """A population chunk whose training program would not fit in the device's memory."""
 
 
 def estimate_memory_bytes(chunk: int, *, batch_size: int, val_size: int, image_size: int, channels: int) -> int:

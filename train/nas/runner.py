@@ -25,21 +25,37 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from archlab.arch.search_space import (NUM_EDGES, NUM_OPS, OPS, CellSpace, DenseSpace, GenotypeError, HyperparameterSpace,
-                               genotype_from_string, genotype_to_string, op_frequencies)
+from archlab.arch.nas_cell import CellNet
+from archlab.arch.search_space import (
+    NUM_EDGES,
+    NUM_OPS,
+    OPS,
+    CellSpace,
+    DenseSpace,
+    GenotypeError,
+    HyperparameterSpace,
+    genotype_from_string,
+    genotype_to_string,
+    op_frequencies,
+)
+from archlab.train.config import ConfigError, convert_override
+from archlab.train.errors import SearchError
+from archlab.train.figures import new_figure
+from archlab.train.nas.benchmark_table import TableError, load_table
+from archlab.train.nas.dense_population import check_activations, train_dense_population
+from archlab.train.nas.history import best_so_far
+from archlab.train.nas.hparam_population import train_hyperparameters
+from archlab.train.nas.population import PopulationMemoryError, check_chunk_fits, digits_data, train_population
 from archlab.train.nas.search import init_search, run_search, summarize_best
 from archlab.train.nas.search_config import SearchConfig, search_config
 from archlab.train.nas.space_ops import num_codes
+from archlab.train.nas.synflow import synflow_scores
 from archlab.train.summary_writer import write_run_summary
 
 SCORERS = ("train", "synflow", "table")
 SPACES = ("cell", "dense", "hparams")
 DEFAULT_HPARAMS_GENOTYPE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 COMPARED = ("evolution", "reinforce", "random")  # --strategy=all
-
-
-class SearchError(ValueError):
-    """Bad NAS input: config values, a missing or malformed table, a chunk that does not fit."""
 
 
 def nas_config() -> ml_collections.ConfigDict:
@@ -83,8 +99,6 @@ def nas_config() -> ml_collections.ConfigDict:
 
 
 def apply_nas_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
-    from archlab.train.config import ConfigError, _convert
-
     config = ml_collections.ConfigDict(config.to_dict())
     for key, raw in overrides.items():
         section, _, field = key.rpartition(".")
@@ -96,7 +110,7 @@ def apply_nas_overrides(config: ml_collections.ConfigDict, overrides: dict[str, 
             config.seed = int(raw)
             continue
         try:
-            node[field] = _convert(key, raw, node[field])
+            node[field] = convert_override(key, raw, node[field])
         except ConfigError as e:
             raise SearchError(str(e)) from None
     validate_nas_config(config)
@@ -143,7 +157,6 @@ def make_space(config):
     if space == "cell":
         return CellSpace()
     if space == "dense":
-        from archlab.train.nas.dense_population import check_activations
 
         d = config.dense
         if d.max_depth < 1:
@@ -179,7 +192,6 @@ def describe_member(space, code) -> dict:
 def check_scorer_fits(config, data, *, members: int, batch_size: int, channels: int) -> None:
     """The population's own memory estimate (``train.nas.population.check_chunk_fits``) for one
     scorer chunk, as a SearchError naming the config keys to lower."""
-    from archlab.train.nas.population import PopulationMemoryError, check_chunk_fits
 
     s = config.scorer
     try:
@@ -201,13 +213,11 @@ class Scorer:
             raise SearchError(f"scorer.devices={self.devices} but {jax.device_count()} devices are visible "
                               f"(on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
         if self.space_name == "dense":
-            from archlab.train.nas.population import digits_data
 
             self.data = digits_data(config.dense.image_size)
             self.score_fn, self.unit = self._dense, f"val accuracy after {self.steps} steps"
             return
         if self.space_name == "hparams":
-            from archlab.train.nas.population import digits_data
 
             h = self.space
             group = len(h.learning_rates) * len(h.weight_decays)  # the largest population one shape can have in a batch
@@ -218,7 +228,6 @@ class Scorer:
             self.score_fn, self.unit = self._hparams, f"val accuracy after {self.steps} steps"
             return
         if self.kind == "table":
-            from archlab.train.nas.benchmark_table import TableError, load_table
 
             try:
                 self.table = load_table(s.table)
@@ -227,8 +236,6 @@ class Scorer:
             self.optimum = float(self.table.optimum)
             self.score_fn, self.unit = self.table.score_fn, "table accuracy"
             return
-        from archlab.arch.nas_cell import CellNet
-        from archlab.train.nas.population import digits_data
 
         self.net = CellNet(channels=s.channels)
         self.data = digits_data(s.image_size)
@@ -246,7 +253,6 @@ class Scorer:
     def _train(self, codes, rng_seed: int) -> np.ndarray:
         """One ``train_population`` program for the whole batch: ``scorer.chunk`` members at a time
         by ``lax.map`` inside it, each chunk split over ``scorer.devices`` devices."""
-        from archlab.train.nas.population import train_population
 
         codes = np.asarray(codes)
         padded = np.concatenate(self._chunks(codes))  # whole chunks: a batch size that recurs reuses its compiled program
@@ -255,8 +261,6 @@ class Scorer:
         return np.asarray(result["val_accuracy"])[: len(codes)] * 100.0
 
     def _dense(self, codes, rng_seed: int) -> np.ndarray:
-        from archlab.train.nas.dense_population import train_dense_population
-
         out = []
         for i, chunk in enumerate(self._chunks(np.asarray(codes))):
             result = train_dense_population(chunk, jax.random.fold_in(jax.random.PRNGKey(rng_seed), i), self.data, self.steps,
@@ -265,15 +269,11 @@ class Scorer:
         return np.concatenate(out)[: len(codes)]
 
     def _hparams(self, codes, rng_seed: int) -> np.ndarray:
-        from archlab.train.nas.hparam_population import train_hyperparameters
-
         result = train_hyperparameters(np.asarray(codes), jax.random.PRNGKey(rng_seed), self.data, self.steps, space=self.space,
                                        genotype=self.genotype, pad_to=self.chunk, devices=self.devices)
         return np.asarray(result["val_accuracy"]) * 100.0
 
     def _synflow(self, codes, rng_seed: int) -> np.ndarray:
-        from archlab.train.nas.synflow import synflow_scores
-
         return np.concatenate([synflow_scores(c, jax.random.PRNGKey(rng_seed), net=self.net, image_size=self.data.train_images.shape[1]) for c in self._chunks(np.asarray(codes))])[: len(codes)]
 
     def best_fields(self, code) -> dict:
@@ -439,8 +439,6 @@ def comparison_table(comparison: dict, optimum: float | None) -> list[str]:
 
 def plot_search(results: dict, out_dir: str, unit: str, *, op_frequency_plots: bool = True) -> list[str]:
     """best-so-far vs evaluations (mean over seeds per strategy) and (cells) the final population's per-edge op frequencies."""
-    from archlab.train.figures import new_figure
-    from archlab.train.nas.history import best_so_far
 
     os.makedirs(out_dir, exist_ok=True)
     fig = new_figure(figsize=(6, 4))

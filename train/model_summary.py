@@ -18,7 +18,8 @@ import numpy as np
 
 from archlab.arch import get_model_spec
 from archlab.train import data as data_lib
-from archlab.train.state import init_train_state, make_optimizer
+from archlab.train.optim import make_optimizer
+from archlab.train.state import init_train_state
 from archlab.train.step import make_train_step
 from archlab.train.tasks import get_task
 

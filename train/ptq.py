@@ -18,12 +18,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from archlab.arch import get_model_spec
+from archlab.arch import MODELS, get_model_spec
 from archlab.arch.quant import quantize_weights
-
-
-class QuantizeError(ValueError):
-    """A run that cannot be post-training quantised, or bad PTQ arguments."""
+from archlab.train.checkpoint import Checkpointer
+from archlab.train.data import make_dataset
+from archlab.train.errors import QuantizeError
+from archlab.train.loop import check_workdir, write_run_info
+from archlab.train.optim import make_optimizer
+from archlab.train.state import TrainState
+from archlab.train.tasks import get_task
+from archlab.train.workdir import load_run_info, restore_params
 
 
 def fresh_quant_state(module, example_input) -> dict:
@@ -93,11 +97,6 @@ def quantize_run(workdir: str, *, calibration_batches: int, out: str | None = No
     Raises QuantizeError (bad arguments, a model without an int8 variant, an already-int8 run, an
     ``out`` that already holds checkpoints) or train.checkpoint.CheckpointError (no such run).
     """
-    from archlab.train.checkpoint import Checkpointer, load_run_info, restore_params
-    from archlab.train.data import make_dataset
-    from archlab.train.loop import check_workdir, write_run_info
-    from archlab.train.state import TrainState, make_optimizer
-    from archlab.train.tasks import get_task
 
     if calibration_batches < 1:
         raise QuantizeError(f"--calibration_batches must be >= 1 (got {calibration_batches})")
@@ -151,6 +150,4 @@ def quantize_run(workdir: str, *, calibration_batches: int, out: str | None = No
 
 
 def _models():
-    from archlab.arch import MODELS
-
     return MODELS

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from archlab.train.data.dataset import Dataset
-from archlab.train.data.errors import DataError
+from archlab.train.data.images import first_train_images, load_images
 from archlab.train.data.pipeline import EvalBatches, TrainStream, array_stream, local_rows
+from archlab.train.errors import DataError
 
 RING_MODES = 8
 RING_RADIUS = 2.0
@@ -65,7 +66,6 @@ def ring_dataset(config, shard: int, num_shards: int) -> Dataset:
 
 def digits_dataset(config, shard: int, num_shards: int) -> Dataset:
     """Digit images in [0, 1] (all classes, labels unused); ``data.path`` may name an .npz instead."""
-    from archlab.train.image_data import first_train_images, load_images
 
     t = config.train
     images = load_images(config.data.path, config.data.image_size, config.data.val_fraction, config.data.format)

@@ -14,8 +14,10 @@ import dataclasses
 import numpy as np
 
 from archlab.train.data.dataset import Dataset
-from archlab.train.data.errors import DataError
 from archlab.train.data.pipeline import EvalBatches, array_stream
+from archlab.train.errors import DataError
+from archlab.train.figures import new_figure
+from archlab.train.image_metrics import psnr
 
 CAMERA_RADIUS = 4.0  # every shape lies within 1.5 of the origin: [near, far] = [2.5, 5.5] covers it
 FIELD_OF_VIEW_DEGREES = 40.0
@@ -153,7 +155,7 @@ def build_nerf_dataset(config, shard: int, num_shards: int):
         eval_batches=EvalBatches.of_arrays({"rays": eval_rays, "rgb": held_out.images.reshape(-1, 3), "view_onehot": view_onehot},
                                            t.batch_size, t.eval_batches),
         example_input=train_rays[:1],
-        source="procedural scene (train/scene.py)",
+        source="procedural scene (train/data/nerf_scene.py)",
         description=f"{NUM_TRAIN_VIEWS} train / {NUM_HELD_OUT_VIEWS} held-out views of {size}x{size} "
                     f"({len(train_rays):,} / {len(eval_rays):,} rays)",
         held_out_name="held-out views",
@@ -165,15 +167,13 @@ def plot_views(truth: np.ndarray, rendered: np.ndarray, depth: np.ndarray, path:
     """Held-out views [V, H, W, 3]: ground truth over the NeRF render (titled with its PSNR) over its depth."""
     import os
 
-    from archlab.train.figures import new_figure
-
     views = len(truth)
     fig = new_figure(figsize=(1.4 * views + 0.8, 4.9), dpi=110)
     axes = fig.subplots(3, views, squeeze=False)
     rendered = np.clip(rendered, 0.0, 1.0)
     for v in range(views):
         mse = float(np.mean((rendered[v] - truth[v]) ** 2))
-        rows = ((truth[v], f"view {v}", {}), (rendered[v], f"{-10 * np.log10(max(mse, 1e-10)):.1f} dB", {}),
+        rows = ((truth[v], f"view {v}", {}), (rendered[v], f"{psnr(mse):.1f} dB", {}),
                 (depth[v], "", dict(cmap="viridis_r", vmin=depth_range[0], vmax=depth_range[1])))
         for row, (image, label, style) in enumerate(rows):
             ax = axes[row, v]

@@ -8,7 +8,7 @@ frozen: ``deterministic=True``) as one pytree ``variables``:
 - the GAN: its generator, latents [batch, latent_dim] -> samples;
 - NeRF: its fine field F(x, d) -> (rgb, sigma), one sample (position, view direction) per row.
 
-The params come from ``train.checkpoint.restore_params``, the trainer's own restore.
+The params come from ``train.workdir.restore_params``, the trainer's own restore.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from archlab.arch import get_model_spec
+from archlab.arch.nerf import NeRFField
 from archlab.deploy import ExportError
+from archlab.train.optim import make_optimizer
+from archlab.train.state import init_train_state
+from archlab.train.workdir import load_run_info, restore_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +82,6 @@ def unrolled(config, params):
 
 def inference_model(config, params, model_state, step: int, example_shape: tuple[int, ...], example_dtype: str) -> InferenceModel:
     """Builds the inference function of a restored run (see the module docstring)."""
-    from archlab.arch import get_model_spec
 
     spec = get_model_spec(config.model_name)
     if config.model.get("scan_layers"):
@@ -95,7 +99,6 @@ def inference_model(config, params, model_state, step: int, example_shape: tuple
         return InferenceModel(apply=generate, variables={"params": params}, input_name="latents", input_shape=(latent_dim,),
                               input_dtype="float32", output_names=("samples",), **common)
     if spec.task == "nerf":
-        from archlab.arch.nerf import NeRFField
 
         c = config.model
         field = NeRFField(c.num_layers, c.width, c.pos_frequencies, c.dir_frequencies)
@@ -125,8 +128,6 @@ def load_inference_model(workdir: str, notify=print) -> InferenceModel:
 
     Raises ``train.checkpoint.CheckpointError`` (no run, no checkpoint) with a one-line message.
     """
-    from archlab.arch import get_model_spec
-    from archlab.train.checkpoint import load_run_info, restore_params
 
     info = load_run_info(workdir)
     config, params, model_state, step = restore_params(workdir, notify=notify)
@@ -158,9 +159,6 @@ def random_inference_model(config, example: np.ndarray | None = None, seed: int 
     fan-in, BatchNorm variances positive.
     """
     import flax.linen as nn
-
-    from archlab.arch import get_model_spec
-    from archlab.train.state import init_train_state, make_optimizer
 
     spec = get_model_spec(config.model_name)
     module = spec.make_module(config.model)

@@ -15,8 +15,8 @@ import zipfile
 
 import numpy as np
 
-from archlab.train.data.errors import DataError
 from archlab.train.data.pipeline import TrainStream, array_stream, local_rows
+from archlab.train.errors import DataError
 
 _SPLIT_SEED = 20_240_601
 CIFAR_RECORD = 1 + 32 * 32 * 3
@@ -33,7 +33,7 @@ class ImageSplits:
     source: str
 
 
-def _split(x: np.ndarray, y: np.ndarray, test_fraction: float) -> tuple:
+def split_train_test(x: np.ndarray, y: np.ndarray, test_fraction: float) -> tuple:
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
     n_test = max(1, int(round(len(x) * test_fraction)))
     test, train = order[:n_test], order[n_test:]
@@ -245,7 +245,7 @@ def load_images(path: str, image_size: int, test_fraction: float, fmt: str = "au
     if len(x) < 2:
         raise DataError(f"{path!r} holds {len(x)} images; need at least 2")
     if x_test is None:
-        x_train, y_train, x_test, y_test = _split(_resize(x, image_size), y, test_fraction)
+        x_train, y_train, x_test, y_test = split_train_test(_resize(x, image_size), y, test_fraction)
     else:
         order = np.random.default_rng(_SPLIT_SEED).permutation(len(x))
         x_train, y_train = _resize(x[order], image_size), y[order]
