@@ -100,7 +100,7 @@ def run_suite(repeats: int | None = None, *, tiny: bool = False, machine: dict |
 
 
 def markdown_table(result: dict) -> list[str]:
-    """README rows: compile seconds per depth for each variant, the slope and the ratio."""
+    """Markdown rows (docs/): compile seconds per depth for each variant, the slope and the ratio."""
     layers = result["scan"]["layers"]
     rows = [
         "| compile: transformer train step | " + " | ".join(f"{d} layers" for d in layers) + " | slope (s/layer) |",

@@ -368,7 +368,7 @@ def _rate(value: float, unit: str) -> str:
 
 
 def markdown_table(result: dict) -> list[str]:
-    """README rows: the default runs (pipeline vs train step), then each pipeline on generated files, then the verdict."""
+    """Markdown rows (docs/): the default runs (pipeline vs train step), then each pipeline on generated files, then the verdict."""
     need = result.get("required_ratio", REQUIRED_RATIO)
     rows = [
         "| data: default run (1 device) | pipeline (default read-ahead) | pipeline, synchronous (prefetch 0) | "

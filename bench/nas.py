@@ -163,7 +163,7 @@ def run_suite(repeats: int | None = None) -> dict:
 
 
 def markdown_table(result: dict) -> list[str]:
-    """README rows: end-to-end seconds (compile included), compile overhead, steady member-steps/s, ratios."""
+    """Markdown rows (docs/): end-to-end seconds (compile included), compile overhead, steady member-steps/s, ratios."""
     title = (f"nas: {result['population']} cells x {result['steps']} steps, digits {result['image_size']}x{result['image_size']}, "
              f"batch {result['batch']}, C={result['channels']}")
     return [

@@ -138,7 +138,7 @@ def run_suite(repeats: int | None = None) -> dict:
 
 
 def markdown_table(result: dict) -> list[str]:
-    """README rows: median step time, tokens/s and ratio for 1 device and the data-parallel mesh."""
+    """Markdown rows (docs/): median step time, tokens/s and ratio for 1 device and the data-parallel mesh."""
     title = f"parallel: {result['model']}, global batch {result['global_batch']} x {result['seq_len']} bytes"
     return [
         f"| {title} | median step | tokens/s | step time vs 1 device |",

@@ -1,4 +1,4 @@
-"""The benchmark report: the JSON file tools read and the markdown table the README embeds."""
+"""The benchmark report: the JSON file tools read and the markdown tables docs/performance.md embeds."""
 
 from __future__ import annotations
 

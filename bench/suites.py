@@ -1,7 +1,7 @@
 """The registry of benchmark suites and ``--suite`` name resolution.
 
 A suite is a module with ``run_suite(repeats: int | None) -> dict`` (its JSON section) and
-``markdown_table(result) -> list[str]`` (its README rows). A suite whose ``run_suite`` also takes
+``markdown_table(result) -> list[str]`` (its markdown rows, as docs/ shows them). A suite whose ``run_suite`` also takes
 keyword ``tiny`` (seconds-sized shapes, for smoke tests) and ``machine`` (the machine section,
 e.g. its peak FLOP/s) gets them. Modules are imported only when a suite runs, so a bad name is
 rejected before jax starts. A new suite is one module + one line.

@@ -196,7 +196,7 @@ def run_suite(repeats: int | None = None, *, tiny: bool = False, machine: dict |
 
 
 def markdown_table(result: dict) -> list[str]:
-    """README rows: one per model with step time, throughput, model FLOP/s and MFU."""
+    """Markdown rows (docs/): one per model with step time, throughput, model FLOP/s and MFU."""
     rows = [
         "| train (f32, 1 device) | median step | throughput | model FLOP/s | MFU (vs in-suite peak) | step with freed host memory released (glibc default) |",
         "|---|---|---|---|---|---|",

@@ -145,7 +145,7 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# On a quiet 2-core CPU (the README's Export section) onnxruntime is the fastest at both batch sizes
+# On a quiet 2-core CPU (docs/export.md) onnxruntime is the fastest at both batch sizes
 # (its optimiser turns the convs into its own blocked-layout kernels) and the SavedModel pays TF's
 # per-call overhead at batch 1. On a shared machine these numbers move from run to run (the p95
 # whiskers show how much); what does not move is the parity table. From a shell, the same export:

@@ -117,7 +117,7 @@ plt.show()
 # %% [markdown]
 # ## 2. NeRF: held-out views against ground truth
 #
-# The default run (2,000 steps, 32x32 views) reaches its figure in the README; the notebook trains a
+# The default run (2,000 steps, 32x32 views) reaches its figure in the README's model table; the notebook trains a
 # shorter run of the same model. The loop already evaluates PSNR on every held-out ray;
 # `train.nerf_views.render_held_out_views` restores the checkpoint and renders those rays back into
 # images, so we can look at them. The mean of its per-view PSNRs is the loop's `psnr_view_mean`.

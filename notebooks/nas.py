@@ -25,7 +25,7 @@
 # cell network in `arch/nas_cell.py`.
 #
 # **Why a table scorer for the comparison.** Scoring a cell by training it is the honest signal, but on
-# this 2-core CPU it costs tens of seconds per handful of cells (the README measured 40 cells in 16
+# this 2-core CPU it costs tens of seconds per handful of cells (docs/nas.md: 40 cells in 16
 # minutes; 8 cells at 10 steps took 21 s here on a loaded machine, mostly compilation), so a multi-seed comparison of
 # strategies by training does not fit in a notebook. Comparing *strategies* needs many cheap,
 # deterministic evaluations and a known optimum, which is what tabular benchmarks are for: the

@@ -183,4 +183,4 @@ for mesh_spec, mode in LAYOUTS:
 # The differences are float32 round-off, orders of magnitude below how far the step moved the
 # params: the layout changed where the work ran, not what was computed. The same config runs on a
 # real multi-GPU host with `--config.parallel.mesh=...`, and across hosts through
-# `jax.distributed.initialize` (see the README's "Parallelism and multi-host" and `launch/cluster/`).
+# `jax.distributed.initialize` (see docs/parallelism.md and `launch/cluster/`).

@@ -89,12 +89,10 @@ def test_markdown_flags_a_bottleneck():
 
 
 def test_a_failing_worker_pipeline_is_reported_not_raised(monkeypatch):
-    from archlab.train import data as train_data
-
     def broken(*args, **kwargs):
         raise RuntimeError("worker process was terminated\nunexpectedly")
 
-    monkeypatch.setattr(train_data, "make_dataset", broken)
+    monkeypatch.setattr(data_suite, "make_dataset", broken)  # the name bench/data.py calls
     settings = {"file_batches": 1, "file_warmup": 0}
     record = data_suite.measure_pipeline("tfrecord", "/nonexistent", 2, tiny=True, **settings)
     assert record["error"] == "RuntimeError: worker process was terminated unexpectedly" and record["workers"] == 2

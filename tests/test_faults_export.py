@@ -253,16 +253,16 @@ def test_export_of_a_model_whose_own_outputs_are_nonfinite_exits_1(mlp_run, scra
 
 @needs_onnx
 def test_export_whose_backend_outputs_nan_exits_1_naming_it(mlp_run, scratch, monkeypatch, capsys):
-    from archlab.deploy import onnx_export
+    from archlab.deploy import pipeline
     from archlab.launch import export
 
-    real = onnx_export.onnxruntime_runner
+    real = pipeline.onnxruntime_runner
 
     def nan_runner(model, path):
         run = real(model, path)
         return lambda x: [np.full_like(y, np.nan) for y in run(x)]
 
-    monkeypatch.setattr(onnx_export, "onnxruntime_runner", nan_runner)
+    monkeypatch.setattr(pipeline, "onnxruntime_runner", nan_runner)  # the name deploy/pipeline.py calls
     out = out_dir(scratch, "backend_nan")
     with pytest.raises(SystemExit) as exit_:
         export.main([f"--workdir={mlp_run}", "--formats=onnx", f"--out={out}"])

@@ -5,7 +5,7 @@ by the dataset's ``batch_fn(position) -> dict of numpy arrays``. ``batch_fn`` is
 (seed, position): it draws the global batch's record indices and reads only this process's rows
 of them from a random-access source. The indices come from grain's own index shuffle for the
 streamed sources (:class:`GrainShuffleOrder`, O(1) memory), from a cached per-epoch permutation
-for in-memory arrays (:class:`EpochPermutation`, the order the README's figures were measured
+for in-memory arrays (:class:`EpochPermutation`, the order the documented figures were measured
 with), or as random window starts for text (:func:`random_starts`). grain supplies the rest:
 read-ahead threads (``data.prefetch``), worker processes (``data.workers``, ``mp_prefetch``) and
 the iterator state that the checkpoint stores next to the train state.
