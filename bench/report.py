@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
 from archlab.bench import BenchmarkError
 from archlab.bench.suites import markdown_table
+from archlab.train.atomic_write import write_json_atomically
 
 
 def check_writable(path: str) -> str:
@@ -36,16 +36,7 @@ def check_writable(path: str) -> str:
 def write_json(results: dict, path: str) -> str:
     """Writes ``results`` to ``path`` atomically (temp file + rename); returns the absolute path."""
     full = os.path.abspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(full), prefix=".bench-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, full)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json_atomically(full, results, indent=2)
     return full
 
 

@@ -32,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from archlab.train.atomic_write import write_json_atomically
 from archlab.train.errors import CheckpointConfigError, CheckpointError, CheckpointWriteError, NonFiniteStateError
-from archlab.train.parallel import param_path_name
 from archlab.train.state import TrainState
+from archlab.train.tree_paths import param_path_name, shapes_by_name
 
 CHECKSUMS = "archlab_checksums.json"
 
@@ -164,10 +165,10 @@ class Checkpointer:
         try:
             with _quiet_absl():
                 saved = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state"))
-            saved = _shapes_by_path(getattr(saved, "item_metadata", saved))
+            saved = shapes_by_name(getattr(saved, "item_metadata", saved))
         except Exception:
             return None
-        wanted = _shapes_by_path(abstract_state)
+        wanted = shapes_by_name(abstract_state)
         if saved == wanted:
             return None
         params_first = lambda k: (not k.startswith("params"), k)  # noqa: E731  (a param names the change better than its moments)
@@ -294,7 +295,7 @@ def _file_digests(step_dir: str) -> dict[str, list]:
         for name in files:
             path = os.path.join(root, name)
             rel = os.path.relpath(path, step_dir)
-            if rel in (CHECKSUMS, CHECKSUMS + ".tmp"):
+            if rel == CHECKSUMS or (rel.startswith(f".{CHECKSUMS}.") and rel.endswith(".tmp")):  # the seal, or its temporary file
                 continue
             h = hashlib.sha256()
             with open(path, "rb") as f:
@@ -306,12 +307,8 @@ def _file_digests(step_dir: str) -> dict[str, list]:
 
 def write_checksums(step_dir: str) -> None:
     """Seals a finished step: SHA-256 and size of every file in it, written atomically."""
-    tmp = os.path.join(step_dir, CHECKSUMS + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"algorithm": "sha256", "files": _file_digests(step_dir)}, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
+    write_json_atomically(os.path.join(step_dir, CHECKSUMS), {"algorithm": "sha256", "files": _file_digests(step_dir)},
+                          fsync=True, indent=1, sort_keys=True)
 
 
 def verify_checksums(step_dir: str) -> str | None:
@@ -352,14 +349,6 @@ def first_nonfinite_leaf(tree) -> str | None:
         if not ok:
             return param_path_name(path)
     return None
-
-
-def _shapes_by_path(tree) -> dict[str, tuple]:
-    return {
-        param_path_name(path): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-        if hasattr(leaf, "shape")
-    }
 
 
 def _saved_form(state: TrainState) -> dict:

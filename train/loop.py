@@ -10,7 +10,6 @@ built from the config before the first step (data, mesh, module, compiled steps)
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -25,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from archlab.train import early_stopping, memory_budget, parallel
+from archlab.train.atomic_write import write_json_atomically
 from archlab.train.checkpoint import Checkpointer, first_nonfinite_leaf, probe_checkpoint_dir
 from archlab.train.config import ConfigError, resolve_config
 from archlab.train.errors import NonFiniteLossError, WorkdirError
@@ -73,10 +73,7 @@ def write_run_info(workdir: str, config: ml_collections.ConfigDict, extra: dict)
         "python": platform.python_version(),
         **extra,
     }
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2, default=str)
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    write_json_atomically(os.path.join(workdir, "config.json"), info, indent=2, default=str)
 
 
 # ------------------------------------------------------------------------------------ signals

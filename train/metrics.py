@@ -12,6 +12,7 @@ import math
 import os
 from typing import Iterable
 
+from archlab.train.atomic_write import write_jsonl_atomically
 from archlab.train.figures import new_figure
 from archlab.train.summary_writer import SummaryWriter
 
@@ -38,11 +39,7 @@ class MetricWriter:
         """Drops records past ``step``: a resumed run re-logs them, so the file never repeats a step."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        kept = [r for r in read_metrics(self.path) if r["step"] <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        write_jsonl_atomically(self.path, [r for r in read_metrics(self.path) if r["step"] <= step])
 
     def close(self) -> None:
         self.summary.close()

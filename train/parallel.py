@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from archlab.train.errors import MeshError
+from archlab.train.tree_paths import param_path_name
 
 MESH_AXES = ("data", "fsdp", "model")
 
@@ -192,17 +193,6 @@ def gather_to_host(tree, mesh: Mesh):
 
 
 # ------------------------------------------------------------------------------ start-up report
-
-
-def param_path_name(path) -> str:
-    """A param's tree path as ``layer_0/attn/qkv``: the name in start-up reports and placement tables."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-    return "/".join(parts)
 
 
 def sharding_report(params, shardings, mesh: Mesh, *, top: int = 6, replicated_warn_size: int = 1 << 16) -> tuple[list[str], list[str]]:

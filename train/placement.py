@@ -13,7 +13,7 @@ import math
 import jax
 import numpy as np
 
-from archlab.train.parallel import param_path_name
+from archlab.train.tree_paths import param_path_name
 
 
 @dataclasses.dataclass(frozen=True)

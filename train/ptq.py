@@ -27,6 +27,7 @@ from archlab.train.loop import check_workdir, write_run_info
 from archlab.train.optim import make_optimizer
 from archlab.train.state import TrainState
 from archlab.train.tasks import get_task
+from archlab.train.tree_paths import param_path_name
 from archlab.train.workdir import load_run_info, restore_params
 
 
@@ -78,7 +79,7 @@ def int8_weights(params) -> dict:
     out = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         if str(getattr(path[-1], "key", path[-1])) == "kernel" and leaf.ndim >= 2:
-            out["/".join(str(getattr(p, "key", p)) for p in path)] = quantize_weights(jnp.asarray(leaf))
+            out[param_path_name(path)] = quantize_weights(jnp.asarray(leaf))
     return out
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from archlab.train.checkpoint import CheckpointError
 from archlab.train.errors import TransferError
 from archlab.train.optim.freeze import HEAD, has_head, is_head
-from archlab.train.parallel import param_path_name
+from archlab.train.tree_paths import param_path_name, shapes_by_name
 from archlab.train.workdir import restore_params
 
 
@@ -40,14 +40,10 @@ class InitSource:
         return f"{self.model_name} from {self.workdir} (step {self.step}); {self.reason}"
 
 
-def _shapes(tree) -> dict[str, tuple]:
-    return {param_path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def check_compatible(source: dict, target: dict, what: str, where: str, *, allow_head: bool) -> list[str]:
     """Names of ``target`` leaves (``head.*`` only) whose shapes differ; raises TransferError on
     any other difference, naming the param and both shapes."""
-    have, want = _shapes(source), _shapes(target)
+    have, want = shapes_by_name(source), shapes_by_name(target)
     differing = []
     for name in sorted(want.keys() | have.keys()):
         if name not in have:
@@ -85,7 +81,7 @@ def load_source(config, abstract_state, notify=print) -> InitSource:
     old_classes, new_classes = source_config.data.get("classes", ""), config.data.get("classes", "")
     if differing:
         name = differing[0]
-        reason = f"head re-initialised ({name} was {_shapes(params).get(name, 'absent')}, now {_shapes(abstract_state.params).get(name, 'absent')})"
+        reason = f"head re-initialised ({name} was {shapes_by_name(params).get(name, 'absent')}, now {shapes_by_name(abstract_state.params).get(name, 'absent')})"
     elif old_classes != new_classes:
         reason = f"head re-initialised (source trained on data.classes={old_classes or 'all'!r}, this run on {new_classes or 'all'!r})"
     else:
@@ -126,7 +122,7 @@ def initialize_from(state, source: InitSource):
 
 def trainable_count(params, frozen: bool) -> tuple[int, int]:
     """(trainable, total) param counts; with ``frozen`` only the head trains."""
-    total = sum(int(np.prod(s)) for s in _shapes(params).values())
+    total = sum(int(np.prod(s)) for s in shapes_by_name(params).values())
     if not frozen:
         return total, total
-    return sum(int(np.prod(s)) for n, s in _shapes(params).items() if is_head(n)), total
+    return sum(int(np.prod(s)) for n, s in shapes_by_name(params).items() if is_head(n)), total

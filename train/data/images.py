@@ -15,6 +15,7 @@ import zipfile
 
 import numpy as np
 
+from archlab.arch.layers import scatter
 from archlab.train.data.pipeline import TrainStream, array_stream, local_rows
 from archlab.train.errors import DataError
 
@@ -375,8 +376,9 @@ def haze_parameters(rng: np.random.Generator, n: int, height: int, width: int, c
 
 
 def apply_haze(clean: np.ndarray, transmission: np.ndarray, airlight: np.ndarray) -> np.ndarray:
-    """The atmospheric scattering model ``I = J t + A (1 - t)`` (in [0, 1] when J, t, A are)."""
-    return (clean * transmission + airlight * (1.0 - transmission)).astype(np.float32)
+    """The atmospheric scattering model ``I = J t + A (1 - t)`` (``arch.layers.scatter``, the formula the
+    dehaze layer inverts), in numpy float32 (in [0, 1] when J, t, A are)."""
+    return np.asarray(scatter(clean, transmission, airlight), np.float32)
 
 
 def synthesize_haze(clean: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

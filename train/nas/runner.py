@@ -38,6 +38,7 @@ from archlab.arch.search_space import (
     genotype_to_string,
     op_frequencies,
 )
+from archlab.train.atomic_write import write_jsonl_atomically
 from archlab.train.config import ConfigError, convert_override
 from archlab.train.errors import SearchError
 from archlab.train.figures import new_figure
@@ -301,13 +302,6 @@ def _history_rows(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _write_rows(path: str, rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(tmp, path)
-
-
 def _space_settings(config: dict) -> dict:
     """``search.space`` and its config section, JSON-normalised (tuples as lists), from a config as a dict."""
     space = config.get("search", {}).get("space", "cell")  # workdirs written before search.space searched cells
@@ -359,7 +353,7 @@ def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, m
             echo(f"{strategy} seed {seed}: resuming after {int(state.history.count)} evaluations")
         rows = _history_rows(history_path)[: 0 if state is None else int(state.history.count)]
         if _writes_files():
-            _write_rows(history_path, rows)  # drop rows of a cycle whose checkpoint was never written
+            write_jsonl_atomically(history_path, rows)  # drop rows of a cycle whose checkpoint was never written
         cycle_start = [time.time()]
         target = min(budget, num_codes(scorer.space.num_choices)) if strategy == "grid" else budget
         bar = search_progress(strategy, seed, target, len(rows), [r["score"] for r in rows], enabled=progress)
@@ -369,7 +363,7 @@ def run_one(strategy: str, seed: int, config, scorer: Scorer, workdir: str, *, m
             rows.extend({**describe_member(scorer.space, c), "score": float(s), "cost_s": round(cost, 4), "strategy": strategy,
                          "seed": seed} for c, s in zip(codes, scores))
             if _writes_files():
-                _write_rows(history_path, rows)
+                write_jsonl_atomically(history_path, rows)
             manager.save(len(rows), args=ocp.args.StandardSave(new_state), force=True)
             cycle_start[0] = time.time()
             bar.update(len(scores))
