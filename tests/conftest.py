@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices (set before jax is imported) and tiny configs."""
 
+import hashlib
 import math
 import os
 import sys
@@ -50,6 +51,18 @@ def tiny_cli_flags(**overrides) -> list[str]:
     values = dict(TINY)
     values.update({k.replace("__", "."): str(v) for k, v in overrides.items()})
     return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def tree_digest(path) -> str:
+    """SHA-256 over every file's path and bytes under ``path``: equal digests, identical trees."""
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(full.encode())
+            digest.update(open(full, "rb").read())
+    return digest.hexdigest()
 
 
 def cli_env() -> dict:

@@ -1,7 +1,6 @@
 """The real CLI in subprocesses: end to end, resume, SIGTERM, NaN, sampling, and bad input."""
 
 import glob
-import hashlib
 import json
 import os
 import shlex
@@ -11,22 +10,11 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, assert_one_line_error, cli_env, run_cli, tiny_cli_flags
+from conftest import REPO, assert_one_line_error, cli_env, run_cli, tiny_cli_flags, tree_digest
 
 
 def train(workdir, **overrides):
     return run_cli("launch.train", "--model=transformer", f"--workdir={workdir}", "--no_progress", *tiny_cli_flags(**overrides))
-
-
-def tree_digest(path):
-    digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(full.encode())
-            digest.update(open(full, "rb").read())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")

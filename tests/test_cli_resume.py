@@ -1,27 +1,15 @@
 """Resume as a user expects, and the CLI papercuts (issue 23, points 5 and 7), run as a user runs them:
 ``python -m launch.X`` in a subprocess on one CPU device."""
 
-import hashlib
 import json
 import os
 import shlex
 import shutil
 
 import pytest
-from conftest import REPO, assert_one_line_error, run_cli, tiny_cli_flags
+from conftest import REPO, assert_one_line_error, run_cli, tiny_cli_flags, tree_digest
 
 README_WORKDIR = "runs/small"
-
-
-def tree_digest(path):
-    digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(full.encode())
-            digest.update(open(full, "rb").read())
-    return digest.hexdigest()
 
 
 def steps(workdir):
