@@ -8,6 +8,7 @@ Construction indexes record offsets only (memory O(records)); ``__getitem__`` re
 
 from __future__ import annotations
 
+import abc
 import array
 import hashlib
 import io
@@ -268,7 +269,7 @@ def _path_list(paths) -> list[str]:
     return paths
 
 
-class _ExampleSource:
+class _ExampleSource(abc.ABC):
     """What both record formats share: Example bytes -> {"image", "label"}, sequence indexing, labels().
 
     ``num_classes`` is what the caller passes (None: unknown; ``labels().max() + 1`` finds it).
@@ -295,9 +296,9 @@ class _ExampleSource:
     def _where(self, file: int, local: int) -> str:
         return f"{self.paths[file]}: record {local}"
 
+    @abc.abstractmethod
     def _example(self, index) -> tuple[bytes, str]:
         """(the serialized Example of record ``index``, where it is): each format's reader supplies this."""
-        raise NotImplementedError(f"{type(self).__name__} reads no records itself; use TFRecordSource or ArrayRecordSource")
 
     def _features(self, index, keys=None) -> tuple[dict, str]:
         data, where = self._example(index)
