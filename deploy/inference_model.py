@@ -99,7 +99,6 @@ def inference_model(config, params, model_state, step: int, example_shape: tuple
         return InferenceModel(apply=generate, variables={"params": params}, input_name="latents", input_shape=(latent_dim,),
                               input_dtype="float32", output_names=("samples",), **common)
     if spec.task == "nerf":
-
         c = config.model
         field = NeRFField(c.num_layers, c.width, c.pos_frequencies, c.dir_frequencies)
 

@@ -117,7 +117,6 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
 
     stage = StageProgress([f for f in FORMATS if f in formats] + (["latency benchmark"] if benchmark else []), notify)
     if "saved_model" in formats:
-
         with stage("saved_model", records):
             path = export_saved_model(model, os.path.join(out, "saved_model"))
             runners["tf_saved_model"] = saved_model_runner(model, path)
@@ -125,7 +124,6 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
             artifacts["saved_model"] = {"path": path, "signature": "serving_default"}
     onnx_path = os.path.join(out, "model.onnx")
     if "onnx" in formats or "tensorrt" in formats:
-
         with stage("onnx" if "onnx" in formats else "onnx (for tensorrt)", records):
             proto = export_onnx(model, onnx_path)
             artifacts["onnx"] = {"path": onnx_path, **describe_io(proto)}
@@ -141,7 +139,6 @@ def export_run(workdir: str, out: str | None = None, formats=FORMATS, batches=(1
     for name, info in artifacts.items():
         report["formats"].setdefault(name, info)
     if benchmark:
-
         with stage("latency benchmark", []):
             bench_inputs = {b: model.input_batch(b, SEED) for b in parity_batches}
             report["infer"] = {model.model_name: benchmark_backends(runners, bench_inputs)}

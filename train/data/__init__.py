@@ -135,19 +135,11 @@ def _restoration_dataset(config, shard: int, num_shards: int) -> Dataset:
 # the task's default. A task's builders may read data.path (a user file) as their loader allows.
 DATASETS: dict[str, dict[str, Callable]] = {
     "lm": {"corpus": _lm_dataset},
-    "classification": {"images": _classification_dataset, "topics": lambda *a: _topics().topics_dataset(*a)},
+    "classification": {"images": _classification_dataset, "topics": topics.topics_dataset},
     "restoration": {"hazy_digits": _restoration_dataset},
     "nerf": {"scene": _nerf_dataset},
-    "gan": {"ring": lambda *a: _gan_data().ring_dataset(*a), "digits": lambda *a: _gan_data().digits_dataset(*a)},
+    "gan": {"ring": gan_data.ring_dataset, "digits": gan_data.digits_dataset},
 }
-
-
-def _topics():
-    return topics
-
-
-def _gan_data():
-    return gan_data
 
 
 def dataset_names(task: str) -> tuple[str, ...]:

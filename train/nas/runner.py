@@ -158,7 +158,6 @@ def make_space(config):
     if space == "cell":
         return CellSpace()
     if space == "dense":
-
         d = config.dense
         if d.max_depth < 1:
             raise SearchError(f"dense.max_depth must be >= 1 (got {d.max_depth})")
@@ -214,12 +213,10 @@ class Scorer:
             raise SearchError(f"scorer.devices={self.devices} but {jax.device_count()} devices are visible "
                               f"(on CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
         if self.space_name == "dense":
-
             self.data = digits_data(config.dense.image_size)
             self.score_fn, self.unit = self._dense, f"val accuracy after {self.steps} steps"
             return
         if self.space_name == "hparams":
-
             h = self.space
             group = len(h.learning_rates) * len(h.weight_decays)  # the largest population one shape can have in a batch
             self.genotype = genotype_from_string(config.hparams.genotype)
@@ -229,7 +226,6 @@ class Scorer:
             self.score_fn, self.unit = self._hparams, f"val accuracy after {self.steps} steps"
             return
         if self.kind == "table":
-
             try:
                 self.table = load_table(s.table)
             except TableError as e:
