@@ -3,6 +3,7 @@ over) and the resource faults around a run: each probe is run as a user or a hos
 would, and checks that nothing already saved is lost."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -299,9 +300,14 @@ def test_a_finished_run_run_again_adds_no_duplicate_eval_row(tmp_path, trained_m
 
 def test_file_size_limit_gives_one_line_and_keeps_earlier_checkpoints(tmp_path, trained_mlp):
     workdir = copy_run(trained_mlp, tmp_path)
-    size = os.path.getsize(largest_file(workdir / "checkpoints" / "4"))
     before = {step: tree_state(workdir / "checkpoints" / step) for step in ("2", "4")}
-    limit = f"--fsize={size // 2}"  # RLIMIT_FSIZE; Python ignores SIGXFSZ, so writes fail with EFBIG
+    # RLIMIT_FSIZE; Python ignores SIGXFSZ, so writes fail with EFBIG. Half the raw bytes of the largest parameter:
+    # orbax/ocdbt writes an array's chunk into one data file, and trained float32 weights barely compress, so step 6
+    # cannot fit however its data files are split (which varies run to run), while the logs still can.
+    metadata = json.loads((workdir / "checkpoints" / "4" / "state" / "_METADATA").read_text())["tree_metadata"]
+    largest_param = max(math.prod(leaf["value_metadata"]["write_shape"]) * 4
+                        for key, leaf in metadata.items() if key.startswith("('params'"))
+    limit = f"--fsize={largest_param // 2}"
     proc = subprocess.run(["prlimit", limit, sys.executable, "-m", "launch.train", f"--workdir={workdir}", *MLP, "--config.train.steps=8"],
                           cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "could not write checkpoint step 6", "File too large", "earlier checkpoints are intact")
@@ -333,6 +339,37 @@ def test_disk_full_gives_one_line_and_keeps_earlier_checkpoints(small_filesystem
     assert_one_line_error(proc, "No space left on device", "earlier checkpoints are intact")
     for step, state in before.items():
         assert tree_state(workdir / "checkpoints" / step) == state
+
+
+LATE_CALLBACK = """
+import asyncio, sys, time
+import tensorstore as ts
+from archlab.train.checkpoint import Checkpointer
+Checkpointer(sys.argv[1], keep=1).close()  # installs the hook
+promise, future = ts.Promise.new()  # a write still in flight when orbax's event loop is closed
+loop = asyncio.new_event_loop()
+async def wait_for_write():
+    return await future
+loop.create_task(wait_for_write())
+loop.run_until_complete(asyncio.sleep(0.01))
+loop.close()
+promise.set_result(1)  # its callback now finds the loop closed
+time.sleep(0.2)
+class Finalizer:
+    def __del__(self):
+        raise ValueError("kept")
+Finalizer()  # an unrelated unraisable exception, still reported
+"""
+
+
+def test_a_write_finishing_after_a_failed_save_prints_nothing(tmp_path):
+    """A failed save's late tensorstore callbacks (seen once in CI under a full disk) add no traceback to
+    the one error line; other unraisable exceptions are still reported."""
+    proc = subprocess.run([sys.executable, "-c", LATE_CALLBACK, str(tmp_path / "checkpoints")], cwd=REPO, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Event loop is closed" not in proc.stderr
+    assert "ValueError: kept" in proc.stderr
 
 
 def test_an_unwritable_checkpoints_dir_fails_before_training(tmp_path, trained_mlp):

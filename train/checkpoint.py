@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 
 import jax
@@ -55,6 +56,7 @@ class Checkpointer:
         # tracebacks orbax logs from its threads on the way would bury it.
         self._log_filter = _OrbaxErrorLogFilter()
         logging.getLogger("absl").addFilter(self._log_filter)
+        _ignore_late_tensorstore_callbacks()
         with _quiet_absl():
             self._manager = ocp.CheckpointManager(
                 self.directory,
@@ -209,8 +211,12 @@ class Checkpointer:
             if jax.process_index() == 0:
                 for step in self._unsealed:
                     step_dir = os.path.join(self.directory, str(step))
-                    if os.path.isdir(step_dir):
-                        write_checksums(step_dir)
+                    if not os.path.isdir(step_dir):  # orbax finalizes a step by renaming its temporary directory
+                        raise CheckpointWriteError(
+                            f"could not write checkpoint step {step} in {self.directory}: it was not finalized; "
+                            "earlier checkpoints are intact (run the same command to resume)"
+                        )
+                    write_checksums(step_dir)
         self._unsealed = []
 
     def close(self) -> None:
@@ -227,6 +233,29 @@ class _OrbaxErrorLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+def _ignore_late_tensorstore_callbacks() -> None:
+    """Keeps a failed save's stderr to its one line.
+
+    When one array's write fails, orbax's ``asyncio.run`` stops and closes its event loop while
+    tensorstore is still finishing the other writes; each of those then reports, through
+    ``sys.unraisablehook``, that it could not call back into the closed loop. Those reports are
+    dropped (the failure itself reaches ``wait``); every other unraisable exception goes to the
+    hook that was installed before. Installed once per process.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "archlab_late_callbacks", False):
+        return
+
+    def hook(unraisable) -> None:
+        late_callback = (unraisable.object is None and isinstance(unraisable.exc_value, RuntimeError)
+                         and str(unraisable.exc_value) == "Event loop is closed")
+        if not late_callback:
+            previous(unraisable)
+
+    hook.archlab_late_callbacks = True
+    sys.unraisablehook = hook
 
 
 def probe_checkpoint_dir(directory: str) -> None:
