@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -20,15 +21,32 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line and exits 2; its ``--help`` shows defaults."""
+    """argparse that reports a bad flag in one line and exits 2; its ``--help`` shows defaults.
+
+    Its program name (usage and error lines) is ``command_name`` when set (see ``invoked_as``),
+    else the ``prog`` given (``python -m launch.train``)."""
+
+    command_name: str | None = None
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
+        if OneLineParser.command_name is not None:
+            kwargs["prog"] = OneLineParser.command_name
         super().__init__(*args, **kwargs)
 
     def error(self, message):
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def invoked_as(name: str):
+    """Parsers made inside name their program ``name`` (``archlab nas``: archlab/__main__.py running a command)."""
+    previous, OneLineParser.command_name = OneLineParser.command_name, name
+    try:
+        yield
+    finally:
+        OneLineParser.command_name = previous
 
 
 def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -14,8 +14,10 @@ from archlab.launch.cli import HelpFormatter, OneLineParser, fail, quiet_logs
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m launch.quantize", description=__doc__.split("\n\n", 1)[1],
-                           formatter_class=HelpFormatter)
+    parser = OneLineParser(prog="python -m launch.quantize", formatter_class=HelpFormatter,
+                           description="Post-training int8 quantisation of a trained float run (train/ptq.py): calibrates activation\n"
+                                       "ranges on N training batches, prints float32 vs int8 held-out accuracy and model size, and writes\n"
+                                       "the int8 model to DIR (default RUN/ptq_int8) as a normal workdir.")
     parser.add_argument("--workdir", required=True, help="a run trained with python -m launch.train (float32, model.quant=none)")
     parser.add_argument("--calibration_batches", type=int, default=8, help="training batches that set the activation ranges (default 8)")
     parser.add_argument("--out", default=None, help="where the int8 model goes (default RUN/ptq_int8); must hold no checkpoints")

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from archlab.arch import MODELS, UnknownModelError
     from archlab.train.config import ConfigError, apply_overrides, get_config
 
-    probe = OneLineParser(add_help=False)
+    probe = OneLineParser(prog="python -m launch.train", add_help=False)
     probe.add_argument("--model")
     probe.add_argument("--config")
     probe.add_argument("--workdir")

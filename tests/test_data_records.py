@@ -12,8 +12,9 @@ from PIL import Image
 
 from archlab.train.data import DataError
 from archlab.train.data.image_folder import ImageFolderSource, decode_image, image_folder_splits, resize_image
-from archlab.train.data.records import (ArrayRecordSource, TFRecordSource, crc32c, encode_example, image_example,
-                                parse_example, record_split_files, write_array_record, write_tfrecord)
+from archlab.train.data.example_format import encode_example, parse_example
+from archlab.train.data.records import (ArrayRecordSource, TFRecordSource, crc32c, image_example, record_split_files,
+                                        write_array_record, write_tfrecord)
 
 
 def _images(n: int, channels: int = 3, size: int = 6) -> list[np.ndarray]:

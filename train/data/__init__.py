@@ -4,8 +4,9 @@ One file per source: ``text.py`` (the embedded corpus, text files and ``.bin`` t
 window by window), ``topics.py`` (the recurrent classifiers' windows), ``images.py`` (digits,
 ``.npz``, CIFAR-10 in memory; procedural haze), ``image_records.py`` (TFRecord / ArrayRecord /
 image folders, streamed), ``gan.py`` (the ring of Gaussians and digit images), ``nerf_scene.py``
-(the ray-cast scene); the readers ``records.py``, ``image_folder.py`` and ``token_file.py``; and
-``tokenizer.py``, ``normalize.py``. This module is the registry on top: task -> dataset name -> builder.
+(the ray-cast scene); the readers ``records.py`` (with ``example_format.py``), ``image_folder.py`` and
+``token_file.py``; and ``tokenizer.py``, ``normalize.py``. This module is the registry on top: task ->
+dataset name -> builder.
 """
 
 from __future__ import annotations
@@ -105,12 +106,6 @@ def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
     )
 
 
-def _nerf_dataset(config, shard: int, num_shards: int) -> Dataset:
-    """The procedural NeRF scene: random rays of its training views, every ray of its held-out views."""
-
-    return build_nerf_dataset(config, shard, num_shards)
-
-
 def _restoration_dataset(config, shard: int, num_shards: int) -> Dataset:
     """Procedurally hazed images (digits by default, or data.path): hazed afresh every training
     batch, with fixed haze on the held-out split; batches ``{"inputs": hazy, "targets": clean}``."""
@@ -137,7 +132,7 @@ DATASETS: dict[str, dict[str, Callable]] = {
     "lm": {"corpus": _lm_dataset},
     "classification": {"images": _classification_dataset, "topics": topics.topics_dataset},
     "restoration": {"hazy_digits": _restoration_dataset},
-    "nerf": {"scene": _nerf_dataset},
+    "nerf": {"scene": build_nerf_dataset},
     "gan": {"ring": gan_data.ring_dataset, "digits": gan_data.digits_dataset},
 }
 
