@@ -29,21 +29,35 @@ from archlab.arch.rnn import RecurrentClassifier, RecurrentLM
 from archlab.arch.transformer import TransformerLM
 from archlab.configs import from_ref
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPE_FIELDS = ("dtype", "param_dtype")  # model fields given by name in configs, as jnp dtypes to modules
 
 
 def resolve_dtype(name: str):
     """Maps a config dtype name to a jnp dtype; raises ValueError naming the valid names."""
-    if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(_DTYPES)}")
-    return _DTYPES[name]
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def module_kwargs(model_config) -> dict[str, Any]:
+    """The ``model`` config section as a module's keyword arguments: dtype names as jnp dtypes, and
+    lists (a config read back from JSON) as tuples, so the module's fields stay hashable."""
+    fields = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+    return {key: resolve_dtype(value) if key in DTYPE_FIELDS else _tuples(value) for key, value in fields.items()}
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What the trainer needs to know about a model family.
 
-    make_module: builds the flax module from the ``model`` config section (plus ``decode``).
+    module: the flax module class, built as ``module(**config.model)``: its fields are exactly the
+        ``model`` config section's keys (plus ``decode`` for autoregressive sampling, where it has one).
+        It may define ``config_problems(model, data) -> list[str]`` to check its own values.
     config: its default config, ``configs/<file>.py[:arg]`` written ``"<file>.py[:arg]"``; the
         config files are the one source of defaults (``--model=NAME`` loads this one).
     task: which loss/metrics/data pipeline in ``train/tasks/`` trains it.
@@ -54,112 +68,46 @@ class ModelSpec:
     """
 
     name: str
-    make_module: Callable[..., nn.Module]
+    module: type[nn.Module]
     config: str
     task: str
     example_input: Callable[[Any], np.ndarray]
     param_groups: tuple[str, ...] = ()
     from_data: Callable[[Any, Any], dict[str, Any]] | None = None  # (model_config, dataset) -> updates
 
+    def make_module(self, model_config, decode: bool = False) -> nn.Module:
+        """``module(**model_config)``; ``decode=True`` builds the sampling variant where the module has one."""
+        kwargs = module_kwargs(model_config)
+        if decode and "decode" in {field.name for field in dataclasses.fields(self.module)}:
+            kwargs["decode"] = True
+        return self.module(**kwargs)
+
     def model_defaults(self) -> dict[str, Any]:
         """The default ``model`` config section, read from its config file."""
-
         return from_ref(self.config).model.to_dict()
 
-
-def _transformer_module(model_config, decode: bool = False) -> nn.Module:
-    c = model_config
-    return TransformerLM(
-        vocab_size=c.vocab_size,
-        num_layers=c.num_layers,
-        d_model=c.d_model,
-        num_heads=c.num_heads,
-        mlp_dim=c.mlp_dim,
-        max_len=c.max_len,
-        dropout_rate=c.dropout_rate,
-        positional=c.positional,
-        tie_embeddings=c.tie_embeddings,
-        scan_layers=c.scan_layers,
-        remat=c.remat,
-        decode=decode,
-        dtype=resolve_dtype(c.dtype),
-        param_dtype=resolve_dtype(c.param_dtype),
-    )
+    def config_problems(self, config) -> list[str]:
+        """What is wrong with ``config.model``: the dtype names and class count every family shares,
+        then the module's own ``config_problems``."""
+        model = config.model
+        problems = [f"model.{field} must be one of {', '.join(DTYPES)} (got {model[field]!r})"
+                    for field in DTYPE_FIELDS if field in model and model[field] not in DTYPES]
+        if "num_classes" in model and model.num_classes < 2:
+            problems.append("model.num_classes must be >= 2")
+        own_checks = getattr(self.module, "config_problems", None)
+        return problems + (own_checks(model, config.data) if own_checks is not None else [])
 
 
-def _mlp_module(model_config, decode: bool = False) -> nn.Module:
-    c = model_config
-    return MLP(hidden=tuple(c.hidden), num_classes=c.num_classes, activation=c.activation, dropout_rate=c.dropout_rate,
-               dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
+def _context_input(config) -> np.ndarray:
+    return np.zeros((1, config.model.max_len), np.int32)  # a full context window of token ids
 
 
-def _cnn_module(model_config, decode: bool = False) -> nn.Module:
-    c = model_config
-    return CNN(channels=tuple(c.channels), dense=c.dense, num_classes=c.num_classes, activation=c.activation,
-               dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
-
-
-def _resnet_module(depth: int):
-    def make(model_config, decode: bool = False) -> nn.Module:
-        c = model_config
-        return ResNet(depth=depth, num_classes=c.num_classes, width=c.width, stem=c.stem, bn_momentum=c.bn_momentum,
-                      dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype), quant=c.get("quant", "none"))
-
-    return make
-
-
-def _recurrent_module(kind: str):
-    def make(model_config, decode: bool = False) -> nn.Module:
-        c = model_config
-        return RecurrentLM(kind=kind, vocab_size=c.vocab_size, embed_dim=c.embed_dim, hidden=c.hidden, num_layers=c.num_layers,
-                           dropout_rate=c.dropout_rate, decode=decode, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
-
-    return make
-
-
-def _recurrent_classifier_module(kind: str):
-    def make(model_config, decode: bool = False) -> nn.Module:
-        c = model_config
-        return RecurrentClassifier(kind=kind, num_classes=c.num_classes, vocab_size=c.vocab_size, embed_dim=c.embed_dim, hidden=c.hidden,
-                                   num_layers=c.num_layers, dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype),
-                                   param_dtype=resolve_dtype(c.param_dtype))
-
-    return make
-
-
-def _gan_module(model_config, decode: bool = False) -> nn.Module:
-    c = model_config
-    return GAN(sample_shape=tuple(c.sample_shape), latent_dim=c.latent_dim, style_dim=c.style_dim, mapping_layers=c.mapping_layers,
-               width=c.width, synthesis_layers=c.synthesis_layers, disc_width=c.disc_width, disc_layers=c.disc_layers, r1_gamma=c.r1_gamma)
-
-
-def _nerf_module(model_config, decode: bool = False) -> nn.Module:
-    c = model_config
-    return NeRF(num_layers=c.num_layers, width=c.width, pos_frequencies=c.pos_frequencies, dir_frequencies=c.dir_frequencies,
-                num_coarse=c.num_coarse, num_fine=c.num_fine, near=c.near, far=c.far, background=c.background,
-                dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
+def _sequence_input(config) -> np.ndarray:
+    return np.zeros((1, config.data.seq_len), np.int32)
 
 
 def _nerf_input(config) -> np.ndarray:
     return np.array([[0.0, 0.0, 4.0, 0.0, 0.0, -1.0]], np.float32)  # one ray: origin (3) + direction (3)
-
-
-def _inception_module(model_config, decode: bool = False) -> nn.Module:
-    c = model_config
-    return InceptionNet(num_classes=c.num_classes, stem_features=c.stem_features, stages=tuple(c.stages), branch_widths=tuple(c.branch_widths),
-                        factorize_5x5=c.factorize_5x5, residual=c.residual, batch_norm=c.batch_norm, bn_momentum=c.bn_momentum,
-                        dropout_rate=c.dropout_rate, dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
-
-
-def _dehaze_module(model_config, decode: bool = False) -> nn.Module:
-    c = model_config
-    return DehazeNet(width=c.width, dilations=tuple(c.dilations), airlight_hidden=c.airlight_hidden, t_min=c.t_min,
-                     dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype))
-
-
-def _nas_cell_module(model_config, decode: bool = False) -> nn.Module:
-    c = model_config
-    return NASCellNet(genotype=c.genotype, channels=c.channels, num_classes=c.num_classes)
 
 
 def _image_input(config) -> np.ndarray:
@@ -167,37 +115,49 @@ def _image_input(config) -> np.ndarray:
     return np.zeros((1, size, size, 1), np.float32)
 
 
+def _gan_sample_shape(model_config, data) -> dict[str, Any]:
+    return {"sample_shape": tuple(int(n) for n in data.example_input.shape[1:])}
+
+
 MODELS: dict[str, ModelSpec] = {
-    "transformer": ModelSpec(
-        "transformer", _transformer_module, "transformer.py", "lm", lambda config: np.zeros((1, config.model.max_len), np.int32),
-    ),
-    "mlp": ModelSpec("mlp", _mlp_module, "mlp.py", "classification", _image_input),
-    "cnn": ModelSpec("cnn", _cnn_module, "cnn.py", "classification", _image_input),
-    **{
-        kind: ModelSpec(kind, _recurrent_module(kind), f"rnn.py:{kind}", "lm", lambda config: np.zeros((1, config.data.seq_len), np.int32))
-        for kind in ("lstm", "gru", "rnn")
-    },
-    "gan": ModelSpec(
-        "gan", _gan_module, "gan.py", "gan", lambda config: np.zeros((1, 2), np.float32),
-        param_groups=("generator", "discriminator"),
-        from_data=lambda model_config, data: {"sample_shape": tuple(int(n) for n in data.example_input.shape[1:])},
-    ),
-    "nerf": ModelSpec("nerf", _nerf_module, "nerf.py", "nerf", _nerf_input),
-    "inception": ModelSpec("inception", _inception_module, "inception.py", "classification", _image_input),
-    "nas_cell": ModelSpec("nas_cell", _nas_cell_module, "nas_cell.py", "classification", _image_input),
-    "dehaze": ModelSpec("dehaze", _dehaze_module, "dehaze.py", "restoration", _image_input),
-    **{
-        f"{kind}_classifier": ModelSpec(
-            f"{kind}_classifier", _recurrent_classifier_module(kind), f"rnn.py:{kind}_classifier",
-            "classification", lambda config: np.zeros((1, config.data.seq_len), np.int32),
-        )
-        for kind in ("lstm", "gru", "rnn")
-    },
-    **{
-        f"resnet{depth}": ModelSpec(f"resnet{depth}", _resnet_module(depth), f"resnet.py:r{depth}", "classification", _image_input)
-        for depth in (18, 34, 50)
-    },
+    "transformer": ModelSpec("transformer", TransformerLM, "transformer.py", "lm", _context_input),
+    "mlp": ModelSpec("mlp", MLP, "mlp.py", "classification", _image_input),
+    "cnn": ModelSpec("cnn", CNN, "cnn.py", "classification", _image_input),
+    "lstm": ModelSpec("lstm", RecurrentLM, "rnn.py:lstm", "lm", _sequence_input),
+    "gru": ModelSpec("gru", RecurrentLM, "rnn.py:gru", "lm", _sequence_input),
+    "rnn": ModelSpec("rnn", RecurrentLM, "rnn.py:rnn", "lm", _sequence_input),
+    "gan": ModelSpec("gan", GAN, "gan.py", "gan", lambda config: np.zeros((1, 2), np.float32),
+                     param_groups=("generator", "discriminator"), from_data=_gan_sample_shape),
+    "nerf": ModelSpec("nerf", NeRF, "nerf.py", "nerf", _nerf_input),
+    "inception": ModelSpec("inception", InceptionNet, "inception.py", "classification", _image_input),
+    "nas_cell": ModelSpec("nas_cell", NASCellNet, "nas_cell.py", "classification", _image_input),
+    "dehaze": ModelSpec("dehaze", DehazeNet, "dehaze.py", "restoration", _image_input),
+    "lstm_classifier": ModelSpec("lstm_classifier", RecurrentClassifier, "rnn.py:lstm_classifier", "classification", _sequence_input),
+    "gru_classifier": ModelSpec("gru_classifier", RecurrentClassifier, "rnn.py:gru_classifier", "classification", _sequence_input),
+    "rnn_classifier": ModelSpec("rnn_classifier", RecurrentClassifier, "rnn.py:rnn_classifier", "classification", _sequence_input),
+    "resnet18": ModelSpec("resnet18", ResNet, "resnet.py:r18", "classification", _image_input),
+    "resnet34": ModelSpec("resnet34", ResNet, "resnet.py:r34", "classification", _image_input),
+    "resnet50": ModelSpec("resnet50", ResNet, "resnet.py:r50", "classification", _image_input),
 }
+
+
+def build_module(name: str, decode: bool = False, **fields) -> nn.Module:
+    """Model ``name`` as its config file defines it, with ``fields`` changed (names as in the
+    ``model`` config section, dtypes by name): ``build_module("cnn", channels=(4,), dtype="bfloat16")``."""
+    spec = get_model_spec(name)
+    unknown = sorted(set(fields) - set(spec.model_defaults()))
+    if unknown:
+        raise TypeError(f"{name} has no model field {', '.join(unknown)}; its fields: {', '.join(spec.model_defaults())}")
+    return spec.make_module({**spec.model_defaults(), **fields}, decode=decode)
+
+
+def with_new_model_fields(saved_config: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config (its config.json ``config``) with any ``model`` field added to the family
+    since at its default (e.g. ``depth``/``kind``, which older runs took from the registry name)."""
+    spec, model = MODELS.get(saved_config.get("model_name")), saved_config.get("model")
+    if spec is None or not isinstance(model, dict):
+        return saved_config  # left for validation to name
+    return {**saved_config, "model": {**spec.model_defaults(), **model}}
 
 
 class UnknownModelError(ValueError):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from archlab.arch.layers import logical_init
-from archlab.arch.mlp import activation
+from archlab.arch.mlp import activation, activation_and_quant_problems
 from archlab.arch.quant import conv_cls, quant_dense
 
 
@@ -19,14 +19,22 @@ class CNN(nn.Module):
     ``quant="int8"``: every Conv and Dense is int8 fake-quantised (arch/quant.py), same params.
     """
 
-    channels: Sequence[int] = (32, 64)
-    dense: int = 128
-    num_classes: int = 10
-    activation: str = "relu"
-    dropout_rate: float = 0.1
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    quant: str = "none"
+    channels: Sequence[int]
+    dense: int
+    num_classes: int
+    activation: str
+    dropout_rate: float
+    dtype: Any
+    param_dtype: Any
+    quant: str
+
+    @staticmethod
+    def config_problems(model, data) -> list[str]:
+        """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
+        problems = activation_and_quant_problems(model)
+        if not model.channels or min(model.channels) < 1:
+            problems.append(f"model.channels must be one or more widths >= 1 (got {tuple(model.channels)})")
+        return problems
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:

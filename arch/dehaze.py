@@ -44,12 +44,22 @@ class DehazeNet(nn.Module):
     ``return_maps=True`` returns ``(restored, transmission [B, H, W, 1], airlight [B, 1, 1, C])``.
     """
 
-    width: int = 32
-    dilations: Sequence[int] = (1, 2, 4)
-    airlight_hidden: int = 32
-    t_min: float = 0.05
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    width: int
+    dilations: Sequence[int]
+    airlight_hidden: int
+    t_min: float
+    dtype: Any
+    param_dtype: Any
+
+    @staticmethod
+    def config_problems(model, data) -> list[str]:
+        """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
+        problems = []
+        if not 0.0 < model.t_min < 1.0:
+            problems.append("model.t_min must be in (0, 1)")
+        if not model.dilations or min(model.dilations) < 1:
+            problems.append("model.dilations must be dilations >= 1")
+        return problems
 
     @nn.compact
     def __call__(self, hazy: jax.Array, *, deterministic: bool = True, return_maps: bool = False):

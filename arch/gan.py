@@ -180,14 +180,14 @@ class GAN(nn.Module):
     """Generator and discriminator in one module; ``__call__`` touches both so init creates both."""
 
     sample_shape: tuple
-    latent_dim: int = 32
-    style_dim: int = 64
-    mapping_layers: int = 3
-    width: int = 64
-    synthesis_layers: int = 2
-    disc_width: int = 64
-    disc_layers: int = 3
-    r1_gamma: float = 0.0  # R1 gradient-penalty weight, read by the GAN task's loss
+    latent_dim: int
+    style_dim: int
+    mapping_layers: int
+    width: int
+    synthesis_layers: int
+    disc_width: int
+    disc_layers: int
+    r1_gamma: float  # R1 gradient-penalty weight, read by the GAN task's loss
 
     def setup(self):
         self.generator = Generator(tuple(self.sample_shape), self.latent_dim, self.style_dim, self.mapping_layers,

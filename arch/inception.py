@@ -23,17 +23,27 @@ from archlab.arch.layers import ConvUnit, InceptionBlock, ResidualBlock, logical
 class InceptionNet(nn.Module):
     """Maps images [batch, H, W, C] to logits [batch, num_classes] (float32)."""
 
-    num_classes: int = 10
-    stem_features: int = 16
-    stages: Sequence[int] = (1, 1)  # Inception blocks per stage; a 2x2 max-pool between stages
-    branch_widths: Sequence[int] = (8, 8, 16, 4, 8, 8)
-    factorize_5x5: bool = True
-    residual: bool = True
-    batch_norm: bool = True
-    bn_momentum: float = 0.9
-    dropout_rate: float = 0.2
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    num_classes: int
+    stem_features: int
+    stages: Sequence[int]  # Inception blocks per stage; a 2x2 max-pool between stages
+    branch_widths: Sequence[int]
+    factorize_5x5: bool
+    residual: bool
+    batch_norm: bool
+    bn_momentum: float
+    dropout_rate: float
+    dtype: Any
+    param_dtype: Any
+
+    @staticmethod
+    def config_problems(model, data) -> list[str]:
+        """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
+        problems = []
+        if len(model.branch_widths) != 6 or min(model.branch_widths, default=0) < 1:
+            problems.append("model.branch_widths must be 6 widths >= 1 (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj)")
+        if not model.stages or min(model.stages) < 1:
+            problems.append("model.stages must be block counts >= 1")
+        return problems
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:

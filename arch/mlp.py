@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archlab.arch.quant import quant_dense
+from archlab.arch.quant import QUANT_MODES, quant_dense
 
 ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu, "elu": nn.elu}
 
@@ -19,16 +19,31 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
+def activation_and_quant_problems(model) -> list[str]:
+    """The ``activation`` and ``quant`` fields MLP and CNN share."""
+    problems = []
+    if model.activation not in ACTIVATIONS:
+        problems.append(f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {model.activation!r})")
+    if model.quant not in QUANT_MODES:
+        problems.append(f"model.quant must be one of {', '.join(QUANT_MODES)} (got {model.quant!r})")
+    return problems
+
+
 class MLP(nn.Module):
     """Maps inputs [batch, ...] to logits [batch, num_classes] (float32); ``quant="int8"`` fake-quantises every Dense."""
 
-    hidden: Sequence[int] = (256, 256)
-    num_classes: int = 10
-    activation: str = "relu"
-    dropout_rate: float = 0.1
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    quant: str = "none"
+    hidden: Sequence[int]
+    num_classes: int
+    activation: str
+    dropout_rate: float
+    dtype: Any
+    param_dtype: Any
+    quant: str
+
+    @staticmethod
+    def config_problems(model, data) -> list[str]:
+        """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
+        return activation_and_quant_problems(model)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:

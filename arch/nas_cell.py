@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from archlab.arch.search_space import EDGES, NUM_EDGES, OPS, genotype_from_string
+from archlab.arch.search_space import EDGES, NUM_EDGES, OPS, GenotypeError, genotype_from_string
 
 NONE, SKIP, CONV1, CONV3, POOL = range(5)
 TAPS = tuple((dy, dx) for dy in range(3) for dx in range(3))
@@ -232,8 +232,22 @@ class NASCellNet(nn.Module):
     """
 
     genotype: str
-    channels: int = 16
-    num_classes: int = 10
+    channels: int
+    num_classes: int
+
+    @staticmethod
+    def config_problems(model, data) -> list[str]:
+        """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
+        problems = []
+        try:
+            genotype_from_string(model.genotype)
+        except GenotypeError as e:
+            problems.append(f"bad model.genotype: {e}")
+        if model.channels < 1:
+            problems.append("model.channels must be >= 1")
+        if data.image_size % 4:
+            problems.append(f"data.image_size must be divisible by 4 for this model, whose head pools to a 4x4 grid (got {data.image_size})")
+        return problems
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:

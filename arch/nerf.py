@@ -126,12 +126,12 @@ class NeRFField(nn.Module):
     """F(x, d) -> (rgb, sigma): a ReLU trunk on encoded positions gives density; a feature of it
     plus the encoded view direction gives colour (so density cannot depend on the view)."""
 
-    num_layers: int = 4
-    width: int = 64
-    pos_frequencies: int = 8
-    dir_frequencies: int = 2
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    num_layers: int
+    width: int
+    pos_frequencies: int
+    dir_frequencies: int
+    dtype: Any
+    param_dtype: Any
 
     @nn.compact
     def __call__(self, points: jax.Array, viewdirs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -157,17 +157,30 @@ class NeRF(nn.Module):
     [B, 3], plus ``depth``/``acc`` of both passes. Not deterministic: the samples are jittered
     with the ``dropout`` rng (the name the generic train step supplies)."""
 
-    num_layers: int = 4
-    width: int = 64
-    pos_frequencies: int = 8
-    dir_frequencies: int = 2
-    num_coarse: int = 24
-    num_fine: int = 32
-    near: float = 2.5
-    far: float = 5.5
-    background: float = 1.0
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    num_layers: int
+    width: int
+    pos_frequencies: int
+    dir_frequencies: int
+    num_coarse: int
+    num_fine: int
+    near: float
+    far: float
+    background: float
+    dtype: Any
+    param_dtype: Any
+
+    @staticmethod
+    def config_problems(model, data) -> list[str]:
+        """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
+        m = model
+        checks = [
+            (m.num_layers >= 1 and m.width >= 2, "model.num_layers must be >= 1 and model.width >= 2"),
+            (m.pos_frequencies >= 0 and m.dir_frequencies >= 0, "model.pos_frequencies and model.dir_frequencies must be >= 0"),
+            (m.num_coarse >= 2 and m.num_fine >= 1, "model.num_coarse must be >= 2 and model.num_fine >= 1"),
+            (0.0 <= m.near < m.far, f"model.near and model.far must satisfy 0 <= near < far (got {m.near}, {m.far})"),
+            (0.0 <= m.background <= 1.0, "model.background must be a grey level in [0, 1]"),
+        ]
+        return [message for ok, message in checks if not ok]
 
     def setup(self):
         field = lambda name: NeRFField(self.num_layers, self.width, self.pos_frequencies, self.dir_frequencies,

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from archlab.arch.layers import logical_init
-from archlab.arch.quant import conv_cls, quant_dense
+from archlab.arch.quant import QUANT_MODES, conv_cls, quant_dense
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 
@@ -65,14 +65,28 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """Maps images [batch, H, W, C] to logits [batch, num_classes] (float32)."""
 
-    depth: int = 18
-    num_classes: int = 10
-    width: int = 64
-    stem: str = "cifar"
-    bn_momentum: float = 0.9
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    quant: str = "none"
+    depth: int
+    num_classes: int
+    width: int
+    stem: str
+    bn_momentum: float
+    dtype: Any
+    param_dtype: Any
+    quant: str
+
+    @staticmethod
+    def config_problems(model, data) -> list[str]:
+        """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
+        problems = []
+        if model.depth not in STAGE_SIZES:
+            problems.append(f"model.depth must be one of {', '.join(map(str, sorted(STAGE_SIZES)))} (got {model.depth})")
+        if model.stem not in ("cifar", "imagenet"):
+            problems.append(f"model.stem must be 'cifar' or 'imagenet' (got {model.stem!r})")
+        if model.width < 1:
+            problems.append("model.width must be >= 1")
+        if model.quant not in QUANT_MODES:
+            problems.append(f"model.quant must be one of {', '.join(QUANT_MODES)} (got {model.quant!r})")
+        return problems
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:

@@ -95,15 +95,21 @@ def embed_and_recur(model: nn.Module, tokens: jax.Array, *, decode: bool, determ
 class RecurrentLM(nn.Module):
     """Embedding -> stacked recurrent layers -> LayerNorm -> vocabulary logits (float32)."""
 
-    kind: str = "lstm"
-    vocab_size: int = 256
-    embed_dim: int = 64
-    hidden: int = 256
-    num_layers: int = 1
-    dropout_rate: float = 0.0
+    kind: str
+    vocab_size: int
+    embed_dim: int
+    hidden: int
+    num_layers: int
+    dropout_rate: float
+    max_len: int  # the sampler's prompt window; the recurrent state itself has no context limit
+    dtype: Any
+    param_dtype: Any
     decode: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+
+    @staticmethod
+    def config_problems(model, data) -> list[str]:
+        """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
+        return [f"model.kind must be one of {', '.join(CELLS)} (got {model.kind!r})"] if model.kind not in CELLS else []
 
     @nn.compact
     def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -117,15 +123,20 @@ class RecurrentClassifier(nn.Module):
     """Sequence classifier: embedding -> stacked recurrent layers -> mean and last hidden state ->
     LayerNorm -> class logits. Mean-pooling lets every step's state vote; the last state carries order."""
 
-    kind: str = "lstm"
-    num_classes: int = 8
-    vocab_size: int = 256
-    embed_dim: int = 64
-    hidden: int = 256
-    num_layers: int = 1
-    dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    kind: str
+    num_classes: int
+    vocab_size: int
+    embed_dim: int
+    hidden: int
+    num_layers: int
+    dropout_rate: float
+    dtype: Any
+    param_dtype: Any
+
+    @staticmethod
+    def config_problems(model, data) -> list[str]:
+        """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
+        return [f"model.kind must be one of {', '.join(CELLS)} (got {model.kind!r})"] if model.kind not in CELLS else []
 
     @nn.compact
     def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:

@@ -83,20 +83,32 @@ class DecoderBlock(nn.Module):
 class TransformerLM(nn.Module):
     """Maps int tokens [batch, length] to next-token logits [batch, length, vocab] (float32)."""
 
-    vocab_size: int = 256
-    num_layers: int = 4
-    d_model: int = 256
-    num_heads: int = 4
-    mlp_dim: int = 1024
-    max_len: int = 128
-    dropout_rate: float = 0.0
-    positional: str = "rotary"  # "rotary" | "learned"
-    tie_embeddings: bool = True
-    scan_layers: bool = False
-    remat: bool = False
+    vocab_size: int
+    num_layers: int
+    d_model: int
+    num_heads: int
+    mlp_dim: int
+    max_len: int
+    dropout_rate: float
+    positional: str  # "rotary" | "learned"
+    tie_embeddings: bool
+    scan_layers: bool
+    remat: bool
+    dtype: Any
+    param_dtype: Any
     decode: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+
+    @staticmethod
+    def config_problems(model, data) -> list[str]:
+        """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
+        problems = []
+        if model.positional not in ("rotary", "learned"):
+            problems.append(f"model.positional must be 'rotary' or 'learned' (got {model.positional!r})")
+        if model.num_heads < 1 or model.d_model % model.num_heads:
+            problems.append("model.d_model must be divisible by model.num_heads")
+        if data.seq_len > model.max_len:
+            problems.append("data.seq_len must be <= model.max_len")
+        return problems
 
     @nn.compact
     def __call__(self, tokens: jax.Array, *, deterministic: bool = True) -> jax.Array:

@@ -19,8 +19,9 @@ _DEPTH = {"r18": 18, "r34": 34, "r50": 50, "cifar10_r18": 18, "imagenet_r50": 50
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset = choose(arg, ARGS)
     c = base_config()
-    c.model_name = f"resnet{_DEPTH[preset]}"  # the registry entry fixes the depth
-    c.model = ml_collections.ConfigDict(dict(num_classes=10, width=16, stem="cifar", bn_momentum=0.9, quant="none", **PRECISION))
+    c.model_name = f"resnet{_DEPTH[preset]}"
+    c.model = ml_collections.ConfigDict(dict(depth=_DEPTH[preset], num_classes=10, width=16, stem="cifar", bn_momentum=0.9,
+                                             quant="none", **PRECISION))
     c.data.val_fraction = 0.2
     c.data.image_size = 32
     c.train.steps = 600

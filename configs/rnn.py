@@ -21,6 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         _classifier(c)
     else:
         _language_model(c)
+    c.model.kind = model_name.removesuffix("_classifier")  # the cell: lstm, gru or rnn
     return c
 
 

@@ -160,10 +160,10 @@ def test_transformer_flop_counter_matches_a_hand_count():
     import jax
     import numpy as np
 
-    from archlab.arch.transformer import TransformerLM
+    from archlab.arch import build_module
     from archlab.bench.train import transformer_train_flops
 
-    module = TransformerLM(vocab_size=256, num_layers=2, d_model=8, num_heads=2, mlp_dim=16, max_len=4)
+    module = build_module("transformer", vocab_size=256, num_layers=2, d_model=8, num_heads=2, mlp_dim=16, max_len=4)
     shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), np.zeros((2, 4), np.int32))["params"]
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
     # embed 256*8 = 2048; per layer: 2 LayerNorms 2*16, qkv 8*3*8 = 192, out 64, wi 128 + bi 16, wo 128 + bo 8

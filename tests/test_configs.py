@@ -2,6 +2,7 @@
 ``--config=`` on the CLI with overrides on top and one-line errors; ``--model=NAME`` defaults unchanged;
 values set from Python are validated."""
 
+import dataclasses
 import glob
 import importlib
 import json
@@ -17,6 +18,8 @@ from archlab.arch import MODELS, get_model_spec
 from archlab.launch.train import main as train_main
 from archlab.train.config import ConfigError, apply_overrides, get_config, load_config_file, resolve_config
 from archlab.train.loop import train_and_evaluate
+from archlab.train.resume import read_run_config
+from archlab.train.workdir import load_run_info
 
 FILES = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                if os.path.basename(p) not in ("__init__.py", "base.py"))
@@ -210,3 +213,23 @@ def test_gan_digits_dataset_values_still_apply_as_an_override():
     config = apply_overrides(get_config("gan"), {"data.dataset": "digits", "train.steps": "11"})
     assert (config.model.width, config.data.image_size, config.data.eval_samples, config.train.batch_size) == (32, 16, 512, 64)
     assert config.train.steps == 11  # the user's overrides on top of the dataset's values
+
+
+def test_the_config_files_are_the_one_source_of_model_defaults():
+    """Each registered module takes exactly its config's ``model`` keys (plus ``decode``), with no
+    defaults of its own, so a class default can never disagree with the config file."""
+    for name, spec in MODELS.items():
+        fields = {f.name: f for f in dataclasses.fields(spec.module) if f.name not in ("parent", "name")}
+        assert set(fields) - {"decode"} == set(spec.model_defaults()), name
+        with_defaults = [f.name for f in fields.values()
+                         if f.name != "decode" and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)]
+        assert with_defaults == [], (name, with_defaults)
+
+
+def test_an_old_run_config_without_a_newer_model_field_still_loads(tmp_path):
+    """config.json files written before ``model.depth`` / ``model.kind`` existed resume and export."""
+    config = get_config("resnet34").to_dict()
+    del config["model"]["depth"]
+    (tmp_path / "config.json").write_text(json.dumps({"config": config}))
+    assert read_run_config(str(tmp_path)).model.depth == 34
+    assert load_run_info(str(tmp_path))["config"].model.depth == 34

@@ -46,9 +46,9 @@ def test_bf16_step_matches_f32_within_tolerance_and_keeps_f32_params():
 
 
 def test_bf16_really_computes_in_bf16():
-    from archlab.arch.cnn import CNN
+    from archlab.arch import build_module
 
-    module = CNN(channels=(4,), dense=8, dtype=jnp.bfloat16)
+    module = build_module("cnn", channels=(4,), dense=8, dtype="bfloat16")
     x = jnp.ones((1, 8, 8, 1))
     variables = module.init(jax.random.PRNGKey(0), x)
     jaxpr = str(jax.make_jaxpr(lambda v: module.apply(v, x))(variables))

@@ -33,7 +33,7 @@ def test_module_params_match_init_member_and_apply_equals_member_logits(genotype
     assert got.shape == (4, 10)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
     # the genotype matters: another cell on the same params gives other logits
-    other = NASCellNet(genotype=FOUND if genotype == ALL_OPS else ALL_OPS, channels=8).apply({"params": member}, images)
+    other = NASCellNet(genotype=FOUND if genotype == ALL_OPS else ALL_OPS, channels=8, num_classes=10).apply({"params": member}, images)
     assert not np.allclose(np.asarray(other), np.asarray(got))
 
 
@@ -53,7 +53,7 @@ def test_image_size_not_divisible_by_4_is_rejected():
     with pytest.raises(ConfigError, match="image_size must be divisible by 4"):
         tiny_config("nas_cell", data__image_size="10")
     with pytest.raises(ValueError, match="divisible by 4"):
-        jax.eval_shape(NASCellNet(genotype=FOUND).init, jax.random.PRNGKey(0), np.zeros((1, 10, 10, 1), np.float32))
+        jax.eval_shape(NASCellNet(genotype=FOUND, channels=16, num_classes=10).init, jax.random.PRNGKey(0), np.zeros((1, 10, 10, 1), np.float32))
 
 
 def test_cli_rejects_a_bad_genotype_with_one_line():

@@ -101,9 +101,9 @@ def test_int8_layers_are_flax_layers_with_the_quant_hooks(kwargs):
 
 
 def _tiny_cnn(quant):
-    from archlab.arch.cnn import CNN
+    from archlab.arch import build_module
 
-    return CNN(channels=(4, 8), dense=16, quant=quant, dropout_rate=0.0)
+    return build_module("cnn", channels=(4, 8), dense=16, quant=quant, dropout_rate=0.0)
 
 
 def test_int8_model_has_the_float_params_and_a_quant_collection():

@@ -35,12 +35,12 @@ def test_train_step_adds_the_penalty_to_the_gradient_but_reports_the_data_loss()
     import flax.linen as nn
     import optax
 
-    from archlab.arch.mlp import MLP
+    from archlab.arch import build_module
     from archlab.train.state import init_train_state
     from archlab.train.step import make_train_step
     from archlab.train.tasks import CLASSIFICATION
 
-    module, tx = MLP(hidden=(8,), num_classes=3, dropout_rate=0.0), optax.sgd(0.1)
+    module, tx = build_module("mlp", hidden=(8,), num_classes=3, dropout_rate=0.0), optax.sgd(0.1)
     batch = {"inputs": jax.random.normal(jax.random.PRNGKey(0), (4, 5)), "labels": jnp.array([0, 1, 2, 1])}
     state = nn.meta.unbox(init_train_state(module, tx, batch["inputs"], jax.random.PRNGKey(1)))
     penalty_fn = lambda p: regularize.weight_penalty(p, l2=0.5)

@@ -250,13 +250,13 @@ def test_a_real_decoder_samples_sentencepiece_ids(trained):
     import jax
     import jax.numpy as jnp
 
-    from archlab.arch.transformer import TransformerLM
+    from archlab.arch import build_module
     from archlab.train.sampling import generate_text, generate_tokens
 
     sp = load_tokenizer("sentencepiece", str(trained[0] / "corpus_sp400.model"))
     sizes = dict(vocab_size=sp.vocab_size, num_layers=1, d_model=32, num_heads=2, mlp_dim=64, max_len=32)
-    params = TransformerLM(**sizes).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    decoder = TransformerLM(**sizes, decode=True)
+    params = build_module("transformer", **sizes).init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    decoder = build_module("transformer", decode=True, **sizes)
     kwargs = dict(max_len=32, rng=jax.random.PRNGKey(1), temperature=0.0)
     ids = generate_tokens(decoder, params, sp.encode("The "), 6, **kwargs)
     assert ids.shape == (6,) and ids.max() < sp.vocab_size

@@ -18,9 +18,6 @@ import ml_collections
 
 from archlab import configs
 from archlab.arch import MODELS, get_model_spec
-from archlab.arch.mlp import ACTIVATIONS
-from archlab.arch.quant import QUANT_MODES
-from archlab.arch.search_space import GenotypeError, genotype_from_string
 from archlab.configs.base import base_config  # noqa: F401  (re-exported: the base every config file starts from)
 from archlab.train import augment, distill, early_stopping, profiling, regularize
 from archlab.train.data import dataset_names
@@ -253,55 +250,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
             parse_group_learning_rates(config.train.group_learning_rates, get_model_spec(config.model_name).param_groups)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if "max_len" in config.model:
-        checks.append((config.data.seq_len <= config.model.max_len, "data.seq_len must be <= model.max_len"))
-    if "dtype" in config.model:
-        for field in ("dtype", "param_dtype"):
-            value = config.model[field]
-            checks.append((value in ("float32", "bfloat16", "float16"), f"model.{field} must be one of float32, bfloat16, float16 (got {value!r})"))
     checks.append((config.train.loss_scaling in ("auto", "dynamic", "none"),
                    f"train.loss_scaling must be auto, dynamic or none (got {config.train.loss_scaling!r})"))
-    if "quant" in config.model:
-        checks.append((config.model.quant in QUANT_MODES, f"model.quant must be one of {', '.join(QUANT_MODES)} (got {config.model.quant!r})"))
-    if "activation" in config.model:
-        checks.append((config.model.activation in ACTIVATIONS, f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {config.model.activation!r})"))
-    if "stem" in config.model:
-        checks.append((config.model.stem in ("cifar", "imagenet"), f"model.stem must be 'cifar' or 'imagenet' (got {config.model.stem!r})"))
-        checks.append((config.model.width >= 1, "model.width must be >= 1"))
-    if "num_coarse" in config.model:  # nerf
-        m = config.model
-        checks += [
-            (m.num_layers >= 1 and m.width >= 2, "model.num_layers must be >= 1 and model.width >= 2"),
-            (m.pos_frequencies >= 0 and m.dir_frequencies >= 0, "model.pos_frequencies and model.dir_frequencies must be >= 0"),
-            (m.num_coarse >= 2 and m.num_fine >= 1, "model.num_coarse must be >= 2 and model.num_fine >= 1"),
-            (0.0 <= m.near < m.far, f"model.near and model.far must satisfy 0 <= near < far (got {m.near}, {m.far})"),
-            (0.0 <= m.background <= 1.0, "model.background must be a grey level in [0, 1]"),
-        ]
-    if "branch_widths" in config.model:
-        checks.append((len(config.model.branch_widths) == 6 and min(config.model.branch_widths) >= 1,
-                       "model.branch_widths must be 6 widths >= 1 (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj)"))
-        checks.append((len(config.model.stages) >= 1 and min(config.model.stages, default=0) >= 1, "model.stages must be block counts >= 1"))
-    if "t_min" in config.model:
-        checks.append((0.0 < config.model.t_min < 1.0, "model.t_min must be in (0, 1)"))
-        checks.append((len(config.model.dilations) >= 1 and min(config.model.dilations, default=0) >= 1, "model.dilations must be dilations >= 1"))
-    if "genotype" in config.model:  # nas_cell
-        try:
-            genotype_from_string(config.model.genotype)
-        except GenotypeError as e:
-            raise ConfigError(f"bad model.genotype: {e}") from None
-        checks.append((config.model.channels >= 1, "model.channels must be >= 1"))
-        checks.append((config.data.image_size % 4 == 0, f"data.image_size must be divisible by 4 for this model, whose head pools to a 4x4 grid (got {config.data.image_size})"))
-    if "num_classes" in config.model:
-        checks.append((config.model.num_classes >= 2, "model.num_classes must be >= 2"))
     if config.data.classes:
         try:
             parse_classes(config.data.classes)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if "positional" in config.model:
-        checks.append((config.model.positional in ("rotary", "learned"), f"model.positional must be 'rotary' or 'learned' (got {config.model.positional!r})"))
-    if "num_heads" in config.model:
-        checks.append((config.model.num_heads >= 1 and config.model.d_model % config.model.num_heads == 0, "model.d_model must be divisible by model.num_heads"))
+    checks += [(False, message) for message in get_model_spec(config.model_name).config_problems(config)]
 
     for module in (optimizers, prune, regularize, augment, early_stopping, distill, profiling):
         checks += [(False, message) for message in module.config_problems(config.train)]

@@ -14,6 +14,7 @@ import os
 
 import ml_collections
 
+from archlab.arch import with_new_model_fields
 from archlab.train.config import ConfigError, resolve_config
 
 RUN_CONFIG = "config.json"
@@ -50,7 +51,7 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict | None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path} is not a valid run config ({type(e).__name__}: {e}); give --model or --config") from None
     try:
-        return resolve_config(ml_collections.ConfigDict(_tuples(saved)))
+        return resolve_config(ml_collections.ConfigDict(_tuples(with_new_model_fields(saved))))
     except ConfigError as e:
         raise ConfigError(f"{path} does not load as a config ({e}); give --model or --config") from None
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from archlab.arch import get_model_spec
+from archlab.arch import get_model_spec, with_new_model_fields
 from archlab.train.checkpoint import Checkpointer
 from archlab.train.errors import CheckpointError
 from archlab.train.optim import make_optimizer
@@ -31,7 +31,7 @@ def load_run_info(workdir: str) -> dict:
     try:
         with open(path) as f:
             info = json.load(f)
-        info["config"] = ml_collections.ConfigDict(info["config"])
+        info["config"] = ml_collections.ConfigDict(with_new_model_fields(info["config"]))
         return info
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} is not a valid run config ({e})") from None
