@@ -200,7 +200,6 @@ def conv_cls(quant: str):
 
 def quant_dense(quant: str, features: int, axes: tuple[str, str], *, dtype, param_dtype, name: str) -> nn.Dense:
     """``arch.layers.logical_dense`` (same params, same logical axes), fake-quantised when ``quant="int8"``."""
-
     return dense_cls(quant)(
         features, dtype=dtype, param_dtype=param_dtype, name=name,
         kernel_init=logical_init(nn.initializers.lecun_normal(), axes),

@@ -42,7 +42,6 @@ def slope(xs, ys) -> float:
 
 def compile_seconds(layers: int, scan: bool, overrides: dict[str, str] | None = None) -> float:
     """Seconds to trace, lower and compile the transformer train step at ``layers`` layers."""
-
     values = {**(overrides or {}), "model.num_layers": str(layers), "model.scan_layers": VARIANTS["scan" if scan else "unrolled"]}
     run = Run(make_config("transformer", values))
     jax.clear_caches()
@@ -93,7 +92,6 @@ def measure(*, layers=LAYERS, overrides: dict[str, str] | None = None, repeats: 
 
 def run_suite(repeats: int | None = None, *, tiny: bool = False, machine: dict | None = None) -> dict:
     """The suite as the CLI runs it (2/4/8/12 layers at the default benchmark shapes, or a tiny model)."""
-
     if tiny:
         return measure(layers=TINY_LAYERS, overrides=TINY_OVERRIDES["transformer"], repeats=repeats or 1)
     return measure(repeats=repeats or DEFAULT_REPEATS)

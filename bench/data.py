@@ -65,7 +65,6 @@ FULL = dict(pipeline_block=PIPELINE_BLOCK, step_block=STEP_BLOCK, blocks=BLOCKS,
 
 def default_config(model: str, overrides: dict[str, str] | None = None):
     """``model``'s default config on one device, exactly as ``python -m launch.train --model=MODEL`` builds it."""
-
     return apply_overrides(get_config(model), {**(overrides or {}), **ONE_DEVICE})
 
 
@@ -82,7 +81,6 @@ def units_per_batch(config) -> tuple[int, str]:
 
 def with_data(config, **fields):
     """A copy of ``config`` with ``data.FIELD=VALUE`` set (e.g. prefetch=0)."""
-
     return apply_overrides(config, {f"data.{k}": str(v) for k, v in fields.items()})
 
 
@@ -114,7 +112,6 @@ def drain(stream, batches: int) -> None:
 def measure_default(model: str, *, overrides: dict[str, str] | None = None, pipeline_block: int, step_block: int,
                     blocks: int, warmup_batches: int, warmup_steps: int, seed: int = 0, **_) -> dict:
     """One default run's record: pipeline (default read-ahead), pipeline synchronous, train step; alternating blocks."""
-
     base = default_config(model, overrides)
     side = TimedRun(base, seed)  # builds its own dataset; its stream feeds the steps
     config = side.run.config  # as Run resolved it (model values read off the data)
@@ -207,7 +204,6 @@ def _examples(rng, n: int):
 
 def write_records(root: str, rng, n: int, fmt: str) -> str:
     """``train.FMT`` + ``test.FMT`` of PNG-encoded 32x32 RGB ``tf.train.Example`` images."""
-
     write = write_tfrecord if fmt == "tfrecord" else write_array_record
     path = os.path.join(root, fmt)
     os.makedirs(path)
@@ -240,7 +236,6 @@ def write_tokens(root: str, rng, tokens: int) -> str:
 
 def write_text(root: str, size: int) -> str:
     """A UTF-8 text file of ``size`` bytes (the embedded corpus, repeated)."""
-
     corpus = embedded_text().encode("utf-8")
     path = os.path.join(root, "corpus.txt")
     with open(path, "wb") as f:
@@ -273,7 +268,6 @@ def _one_line(error: BaseException) -> str:
 
 def measure_pipeline(name: str, path: str, workers: int, *, tiny: bool, file_batches: int, file_warmup: int, **_) -> dict:
     """One pipeline's record: its rate on ``path`` with ``workers`` worker processes (default read-ahead)."""
-
     model, fmt, what, _, _ = PIPELINES[name]
     overrides = {**(TINY_PIPELINE_OVERRIDES.get(model, {}) if tiny else {}), "data.path": path, "data.format": fmt,
                  "data.workers": str(workers)}

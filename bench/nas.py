@@ -41,7 +41,6 @@ DEFAULT_REPEATS = 3
 
 def random_distinct_codes(population: int, seed: int = SEED) -> np.ndarray:
     """``population`` distinct cells [P, 6] int32, drawn uniformly without replacement."""
-
     rng = np.random.default_rng(seed)
     return index_to_genotype(rng.choice(NUM_ARCHITECTURES, size=population, replace=False))
 
@@ -90,7 +89,6 @@ def measure(
     ``repeats``: timed steady-state passes per side (after the end-to-end pass, which doubles as
     the warm-up of the vmap side; the loop side gets one untimed warm-up pass).
     """
-
     if population < 1 or steps < 1 or repeats < 1:
         raise BenchmarkError(f"the nas suite needs population, steps and repeats >= 1; got {population}, {steps}, {repeats}")
     if image_size % 4:

@@ -36,7 +36,6 @@ DEFAULT_BLOCK = 5
 
 def make_config(overrides: dict[str, str] | None, devices: int):
     """The benchmark config (``overrides`` on top of the benchmark shapes) on a ``data:devices`` mesh."""
-
     values = {**BENCHMARK_OVERRIDES, **(overrides or {})}
     values.update({"parallel.mesh": f"data:{devices}", "parallel.num_devices": str(devices)})
     return apply_overrides(get_config(MODEL), values)

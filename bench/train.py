@@ -67,7 +67,6 @@ def xla_flops(compiled) -> float:
 
 def make_config(model: str, overrides: dict[str, str] | None = None):
     """``model``'s default config with the suite's shapes (``overrides`` on top), on one device."""
-
     values = {**MODELS.get(model, {}), **(overrides or {}), "parallel.mesh": "data:1", "parallel.num_devices": "1"}
     return apply_overrides(get_config(model), values)
 

@@ -82,7 +82,6 @@ def unrolled(config, params):
 
 def inference_model(config, params, model_state, step: int, example_shape: tuple[int, ...], example_dtype: str) -> InferenceModel:
     """Builds the inference function of a restored run (see the module docstring)."""
-
     spec = get_model_spec(config.model_name)
     if config.model.get("scan_layers"):
         config, params = unrolled(config, params)
@@ -127,7 +126,6 @@ def load_inference_model(workdir: str, notify=print) -> InferenceModel:
 
     Raises ``train.checkpoint.CheckpointError`` (no run, no checkpoint) with a one-line message.
     """
-
     info = load_run_info(workdir)
     config, params, model_state, step = restore_params(workdir, notify=notify)
     if "example_input" in info:

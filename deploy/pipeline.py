@@ -196,7 +196,6 @@ def _tensorrt(model: InferenceModel, onnx_path, out, batches, precisions, refere
 
 def _write_summary(report: dict, records: list[dict], out: str) -> None:
     """The export's inputs, parity errors and table into ``OUT/tensorboard`` (the run's TensorBoard writer)."""
-
     config = {k: report[k] for k in ("model", "step", "workdir", "out", "batches", "input", "outputs")}
     scalars = {f"{r['format']}_{m}": r[m] for r in records for m in ("max_abs", "max_rel") if isinstance(r.get(m), (int, float))}
     write_run_summary(out, config, step=report["step"], scalars=scalars, prefix="export", text={"parity": "\n".join(report["table"])})

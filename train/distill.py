@@ -92,7 +92,6 @@ def load_teacher(config, example_input: np.ndarray, task_name: str, notify=print
     """Restores ``config.train.teacher``'s run and checks it can teach this student; raises
     TeacherError naming what is wrong (missing workdir or checkpoint, another task, another number
     of classes, other data or input shape)."""
-
     workdir = config.train.teacher
     where = f"train.teacher={workdir!r}"
     if task_name != "classification":

@@ -75,7 +75,6 @@ _EXTRA_PANELS = (
 
 def plot_loss_curves(records: Iterable[dict], out_path: str, *, title: str = "") -> str:
     """Train and held-out loss against step (plus accuracy, PSNR, mode coverage when logged) as one PNG."""
-
     records = list(records)
     mse_loss = any(isinstance(r.get("psnr"), (int, float)) for r in records)  # image reconstruction (NeRF): loss is an MSE
     panels = [("loss", "loss (MSE)" if mse_loss else "loss (nats)")] + [

@@ -69,7 +69,6 @@ def render_held_out_views(workdir: str, chunk: int = 2048, notify=print) -> Held
     so the mean of ``psnr`` equals the loop's ``psnr_view_mean`` at that step.
     Raises ``train.checkpoint.CheckpointError`` for a workdir without a run or a checkpoint.
     """
-
     config, params, model_state, step = restore_params(workdir, notify=notify)
     spec = get_model_spec(config.model_name)
     if spec.task != "nerf":

@@ -98,7 +98,6 @@ def quantize_run(workdir: str, *, calibration_batches: int, out: str | None = No
     Raises QuantizeError (bad arguments, a model without an int8 variant, an already-int8 run, an
     ``out`` that already holds checkpoints) or train.checkpoint.CheckpointError (no such run).
     """
-
     if calibration_batches < 1:
         raise QuantizeError(f"--calibration_batches must be >= 1 (got {calibration_batches})")
     info = load_run_info(workdir)

@@ -114,7 +114,6 @@ def make_train_step(*, module, task: Task, tx: optax.GradientTransformation, gra
 
 def make_eval_step(*, module, task: Task):
     """Returns ``eval_step(params, model_state, batch, weights) -> sums`` (see Task.eval_sums)."""
-
     def eval_step(params, model_state, batch, weights):
         return task.eval_sums(module, params, model_state, batch, weights)
 

@@ -64,7 +64,6 @@ def check_compatible(source: dict, target: dict, what: str, where: str, *, allow
 
 def load_source(config, abstract_state, notify=print) -> InitSource:
     """Restores ``config.train.init_from`` and checks it fits ``abstract_state`` (this run's)."""
-
     workdir = config.train.init_from
     where = f"train.init_from={workdir!r}"
     checkpoints = os.path.join(workdir, "checkpoints")

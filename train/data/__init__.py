@@ -58,7 +58,6 @@ def _lm_dataset(config, shard: int, num_shards: int) -> Dataset:
 def check_class_labels(config, images) -> None:
     """Refuses labels a classifier cannot learn (DataError naming the file, the labels and the valid
     range): negative ones always, and those >= model.num_classes unless data.classes relabels them."""
-
     labels = np.concatenate([images.y_train, images.y_test])
     limit = config.model.num_classes if "num_classes" in config.model and not config.data.get("classes", "") else None
     why = " (labels are class indices)"
@@ -109,7 +108,6 @@ def _classification_dataset(config, shard: int, num_shards: int) -> Dataset:
 def _restoration_dataset(config, shard: int, num_shards: int) -> Dataset:
     """Procedurally hazed images (digits by default, or data.path): hazed afresh every training
     batch, with fixed haze on the held-out split; batches ``{"inputs": hazy, "targets": clean}``."""
-
     t, d = config.train, config.data
     images = first_train_images(load_images(d.path, d.image_size, d.val_fraction, d.format), d.get("train_examples", 0))
     hazy_test = hazy_test_split(images.x_test)

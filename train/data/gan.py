@@ -34,7 +34,6 @@ def ring_samples(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def ring_stream(batch_size: int, seed: int, *, shard: int = 0, num_shards: int = 1, workers: int = 0, prefetch: int = 2) -> TrainStream:
     """Fresh ring samples every batch: ``{"inputs": float32 [batch, 2]}``, a pure function of (seed, batch)."""
-
     def batch_fn(position: int) -> dict:
         rows = ring_samples(np.random.default_rng([seed, position]), batch_size)
         return {"inputs": local_rows(rows, shard, num_shards)}
@@ -66,7 +65,6 @@ def ring_dataset(config, shard: int, num_shards: int) -> Dataset:
 
 def digits_dataset(config, shard: int, num_shards: int) -> Dataset:
     """Digit images in [0, 1] (all classes, labels unused); ``data.path`` may name an .npz instead."""
-
     t = config.train
     images = load_images(config.data.path, config.data.image_size, config.data.val_fraction, config.data.format)
     images = first_train_images(images, config.data.get("train_examples", 0))

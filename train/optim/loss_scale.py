@@ -26,7 +26,6 @@ class LossScaleState(NamedTuple):
 def dynamic_loss_scale(inner: optax.GradientTransformation, *, initial_scale: float = 2.0**15, growth_interval: int = 2000,
                        factor: float = 2.0, min_scale: float = 1.0) -> optax.GradientTransformation:
     """Wraps ``inner``; expects *unscaled* gradients (the step divides by the scale first)."""
-
     def init(params):
         return LossScaleState(jnp.asarray(initial_scale, jnp.float32), jnp.zeros((), jnp.int32), inner.init(params))
 

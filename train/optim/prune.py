@@ -77,7 +77,6 @@ def global_magnitude_masks(params, masks, sparsity):
 
 def magnitude_pruning(*, target: float, start: int, end: int, every: int) -> optax.GradientTransformation:
     """The pruning transformation; put it last in the optimizer chain (it needs ``params``)."""
-
     def init_fn(params):
         return PruneState(count=jnp.zeros((), jnp.int32), masks=jax.tree.map(lambda p: jnp.ones(p.shape, jnp.bool_), params))
 
