@@ -99,7 +99,8 @@ def inference_model(config, params, model_state, step: int, example_shape: tuple
                               input_dtype="float32", output_names=("samples",), **common)
     if spec.task == "nerf":
         c = config.model
-        field = NeRFField(c.num_layers, c.width, c.pos_frequencies, c.dir_frequencies)
+        # the exported radiance field computes in float32 whatever the run trained in
+        field = NeRFField(c.num_layers, c.width, c.pos_frequencies, c.dir_frequencies, dtype=jnp.float32, param_dtype=jnp.float32)
 
         def radiance(variables, samples):
             rgb, sigma = field.apply({"params": variables["params"]["fine"]}, samples[:, None, :3], samples[:, 3:])

@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices (set before jax is imported) and tiny configs."""
 
 import hashlib
+import importlib.util
 import math
 import os
 import sys
@@ -95,3 +96,9 @@ def assert_one_line_error(proc, *fragments, code=2):
 @pytest.fixture
 def python():
     return sys.executable
+
+
+EXPORT_PACKAGES = ("tensorflow", "jax2onnx", "onnx", "onnxruntime")
+MISSING_EXPORT_PACKAGES = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+needs_export = pytest.mark.skipif(bool(MISSING_EXPORT_PACKAGES),
+                                  reason=f"export packages not installed ({', '.join(MISSING_EXPORT_PACKAGES)}): pip install -e '.[export]'")
