@@ -2,17 +2,46 @@
 
 A member of a population is a row of int32 decision indices, so a population is one ``[P, L]``
 array that the vmap-ed trainer, the strategies and history files all share. Every space offers
-``num_choices`` (choices per decision) and ``describe(code)``. Sampling, mutation and enumeration
-are generic over ``num_choices`` and have one implementation, the search strategies' own
-(``train.nas.space_ops``). Pure numpy.
+``num_choices`` (choices per decision) and ``describe(code)``. Enumeration (code <-> index, mixed
+radix) is generic over ``num_choices`` and lives here, so the cell's base-5 index is the same
+function; sampling and mutation are the search strategies' own (``train.nas.space_ops``). Pure numpy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import math
+from collections.abc import Sequence
 
 import numpy as np
+
+# ----------------------------------------------------------------------------- enumeration
+
+
+def codes_from_indices(indices, num_choices: Sequence[int]) -> np.ndarray:
+    """Mixed-radix decoding: indices ``[...]`` -> codes ``[..., D]`` int32, first decision slowest
+    (lexicographic order)."""
+    indices = np.asarray(indices, np.int64)
+    codes = np.zeros(indices.shape + (len(num_choices),), np.int32)
+    for d in reversed(range(len(num_choices))):
+        codes[..., d] = indices % num_choices[d]
+        indices = indices // num_choices[d]
+    return codes
+
+
+def indices_from_codes(codes, num_choices: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`codes_from_indices`: codes ``[..., D]`` -> int64 ``[...]``."""
+    codes = np.asarray(codes, np.int64)
+    index = np.zeros(codes.shape[:-1], np.int64)
+    for d, k in enumerate(num_choices):
+        index = index * k + codes[..., d]
+    return index
+
+
+def all_codes(num_choices: Sequence[int]) -> np.ndarray:
+    """Every code of the space ``[prod(num_choices), D]`` int32 once, row ``i`` being index ``i``."""
+    return codes_from_indices(np.arange(math.prod(int(k) for k in num_choices)), num_choices)
+
 
 # ----------------------------------------------------------------------------- NAS-Bench-201 cell
 
@@ -23,8 +52,8 @@ NUM_EDGES = len(EDGES)
 NUM_OPS = len(OPS)
 NUM_ARCHITECTURES = NUM_OPS**NUM_EDGES
 CELL_FORMAT = "|op~0|+|op~0|op~1|+|op~0|op~1|op~2|"
+CELL_CHOICES = (NUM_OPS,) * NUM_EDGES  # the cell as a space: one op per edge
 _VALID_OPS = "valid ops: " + ", ".join(OPS)
-_PLACE_VALUES = NUM_OPS ** np.arange(NUM_EDGES - 1, -1, -1)  # edge 0 most significant
 
 
 class GenotypeError(ValueError):
@@ -103,7 +132,7 @@ def genotype_from_string(text: str) -> np.ndarray:
 def genotype_to_index(codes) -> np.ndarray | int:
     """Base-5 index of genotypes ``[..., 6]``, edge 0 the most significant digit (so index order = code order)."""
     codes = _check_genotype(codes)
-    index = codes.astype(np.int64) @ _PLACE_VALUES
+    index = indices_from_codes(codes, CELL_CHOICES)
     return int(index) if codes.ndim == 1 else index
 
 
@@ -112,12 +141,12 @@ def index_to_genotype(index) -> np.ndarray:
     index = np.asarray(index, np.int64)
     if ((index < 0) | (index >= NUM_ARCHITECTURES)).any():
         raise GenotypeError(f"architecture index must be in [0, {NUM_ARCHITECTURES}), got {index}")
-    return ((index[..., None] // _PLACE_VALUES) % NUM_OPS).astype(np.int32)
+    return codes_from_indices(index, CELL_CHOICES)
 
 
 def all_genotypes() -> np.ndarray:
     """Every cell ``[15625, 6]`` int32, row ``i`` being ``index_to_genotype(i)``."""
-    return np.array(list(itertools.product(range(NUM_OPS), repeat=NUM_EDGES)), np.int32)
+    return all_codes(CELL_CHOICES)
 
 
 def is_disconnected(codes) -> bool | np.ndarray:
@@ -150,7 +179,7 @@ class CellSpace:
 
     @property
     def num_choices(self) -> tuple[int, ...]:
-        return (NUM_OPS,) * NUM_EDGES
+        return CELL_CHOICES
 
     def describe(self, code) -> str:
         return genotype_to_string(code)
@@ -242,7 +271,7 @@ class HyperparameterSpace:
 
     def grid(self) -> np.ndarray:
         """Every code ``[G, 4]`` int32 once, in lexicographic order (batch size slowest, weight decay fastest)."""
-        return np.array(list(itertools.product(*map(range, self.num_choices))), np.int32)
+        return all_codes(self.num_choices)
 
     def values(self, codes) -> dict[str, np.ndarray]:
         """Per-member ``batch_size``, ``width`` (int32 ``[P]``), ``learning_rate`` and ``weight_decay`` (float32 ``[P]``)."""

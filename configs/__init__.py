@@ -2,7 +2,8 @@
 
 ``python -m launch.train --config=configs/NAME.py[:arg]`` loads one by path (ml_collections
 ``config_flags`` semantics); ``--model=NAME`` loads the file and arg its registry entry names
-(``ModelSpec.config``). These files are the one source of every default.
+(``ModelSpec.config``). These files are the one source of every default; ``nas.py`` holds
+``launch.nas``'s (a search config, no model).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""python -m launch.nas --strategy=evolution|reinforce|random|grid|all [--workdir=DIR] [--config.search.space=cell|dense|hparams] [--config.search.budget=N ...]"""
+"""python -m launch.nas --strategy=evolution|reinforce|random|grid|all [--workdir=DIR] [--config=configs/nas.py] [--config.search.space=cell|dense|hparams] [--config.search.budget=N ...]"""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ STRATEGY_CHOICES = ("evolution", "reinforce", "random", "grid", "all")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     flags, overrides = split_config_overrides(argv)
-    from archlab.train.nas.runner import COMPARED, SearchError, apply_nas_overrides, comparison_table, nas_config, run_strategies
+    from archlab.train.config import ConfigError, load_config_file
+    from archlab.train.errors import SearchError
+    from archlab.train.nas.config import apply_nas_overrides, nas_config
+    from archlab.train.nas.report import comparison_table
+    from archlab.train.nas.runner import COMPARED, run_strategies
 
     parser = OneLineParser(
         prog="python -m launch.nas",
@@ -24,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--strategy", required=True, choices=STRATEGY_CHOICES,
                         help=f"search strategy; all = {', '.join(COMPARED)} over search.seeds seeds, compared")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="a NAS config file, configs/nas.py or a copy of it: its get_config() replaces the defaults below; "
+                             "--config.SECTION.FIELD=VALUE overrides apply on top")
     parser.add_argument("--workdir", default=None, help="run directory (default runs/nas_<strategy>); the same one again resumes")
     parser.add_argument("--coordinator", default="", help="with --config.parallel.distributed=explicit: process 0's HOST:PORT (or JAX_COORDINATOR_ADDRESS)")
     parser.add_argument("--num_processes", type=int, default=None, help="with distributed=explicit: how many processes (or JAX_NUM_PROCESSES)")
@@ -31,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_progress", action="store_true", help="no progress bars (cluster logs): one line per strategy and seed")
     args = parser.parse_args(flags)
     try:
-        config = apply_nas_overrides(nas_config(), overrides)
-    except SearchError as e:
+        config = apply_nas_overrides(nas_config() if args.config is None else load_config_file(args.config), overrides)
+    except (ConfigError, SearchError) as e:
         fail(str(e))
     workdir = args.workdir or f"runs/nas_{args.strategy}"
     strategies = list(COMPARED) if args.strategy == "all" else [args.strategy]

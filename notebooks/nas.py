@@ -20,9 +20,9 @@
 #    with `model.genotype`, exactly what `python -m launch.train --model=nas_cell` runs), next to a
 #    typical cell for contrast.
 #
-# Everything here is the library: `train/nas/runner.py` (config, scorer, one resumable run per
-# strategy and seed), the strategies in `train/nas/`, the space in `arch/search_space.py` and the
-# cell network in `arch/nas_cell.py`.
+# Everything here is the library: `train/nas/` (`config.py`, `scorer.py`, `runner.py`: one resumable
+# run per strategy and seed, `report.py`, and the strategies), the config in `configs/nas.py`, the space
+# in `arch/search_space.py` and the cell network in `arch/nas_cell.py`.
 #
 # **Why a table scorer for the comparison.** Scoring a cell by training it is the honest signal, but on
 # this 2-core CPU it costs tens of seconds per handful of cells (docs/nas.md: 40 cells in 16
@@ -49,7 +49,10 @@ from archlab.train.metrics import read_metrics
 from archlab.train.nas.benchmark_table import generate_table
 from archlab.train.nas.history import best_so_far
 from archlab.train.nas.reinforce import controller_probabilities
-from archlab.train.nas.runner import Scorer, apply_nas_overrides, comparison_table, nas_config, run_one
+from archlab.train.nas.config import apply_nas_overrides, nas_config
+from archlab.train.nas.report import comparison_table
+from archlab.train.nas.runner import run_one
+from archlab.train.nas.scorer import Scorer
 from archlab.train.nas.search import summarize_best
 
 SMOKE = os.environ.get("SMOKE") == "1"  # SMOKE=1 shrinks every budget so the notebook runs in well under a minute
@@ -66,7 +69,7 @@ print(f"SMOKE={SMOKE}: {BUDGET} cells per run, {SEEDS} seeds, final cells traine
 # %% [markdown]
 # ## The scorer and the search config
 #
-# `nas_config()` is the complete default config of `python -m launch.nas`; the overrides below are its
+# `nas_config()` is the complete default config of `python -m launch.nas` (`configs/nas.py`); the overrides below are its
 # `--config.*` flags (`apply_nas_overrides` checks them as the CLI does). Evolution keeps a population of 20, picks
 # parents by tournaments of 5 and replaces the oldest members with one-edge mutants, 4 per cycle;
 # the controller samples 10 cells per policy-gradient update (moving-average baseline, entropy bonus);

@@ -22,7 +22,7 @@ from archlab.train.resume import read_run_config
 from archlab.train.workdir import load_run_info
 
 FILES = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
-               if os.path.basename(p) not in ("__init__.py", "base.py"))
+               if os.path.basename(p) not in ("__init__.py", "base.py", "nas.py"))  # nas.py: launch.nas's, no model
 REFS = [f + (f":{arg}" if arg else "") for f in FILES
         for arg in (importlib.import_module(f"archlab.configs.{os.path.basename(f)[:-3]}").ARGS or ("",))]
 

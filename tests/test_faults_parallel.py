@@ -47,7 +47,8 @@ def test_a_missing_peer_or_coordinator_fails_in_one_line_within_the_timeout(tmp_
 
 
 def test_nas_has_the_initialization_timeout_too(tmp_path):
-    from archlab.train.nas.runner import SearchError, apply_nas_overrides, nas_config
+    from archlab.train.errors import SearchError
+    from archlab.train.nas.config import apply_nas_overrides, nas_config
 
     assert nas_config().parallel.initialization_timeout_s == 120
     with pytest.raises(SearchError, match="parallel.initialization_timeout_s must be >= 1"):

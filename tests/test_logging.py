@@ -145,7 +145,8 @@ def test_benchmark_profile_wraps_the_suites_in_a_trace(tmp_path):
 
 def test_nas_search_writes_its_config_scores_and_plots_to_tensorboard(tmp_path):
     from archlab.train.nas.benchmark_table import generate_table
-    from archlab.train.nas.runner import apply_nas_overrides, nas_config, run_strategies
+    from archlab.train.nas.config import apply_nas_overrides, nas_config
+    from archlab.train.nas.runner import run_strategies
 
     table = str(tmp_path / "nb201.csv")
     generate_table(table, 0)

@@ -9,7 +9,8 @@ import pytest
 from conftest import REPO, cli_env
 
 from archlab.train.nas.benchmark_table import generate_table
-from archlab.train.nas.runner import apply_nas_overrides, nas_config, run_strategies
+from archlab.train.nas.config import apply_nas_overrides, nas_config
+from archlab.train.nas.runner import run_strategies
 
 QUIET = dict(echo=lambda *a, **k: None)
 
@@ -74,15 +75,15 @@ def test_training_scorer_end_to_end_through_the_cli(tmp_path):
 def test_training_scorer_is_one_chunked_program_and_shards_over_devices(monkeypatch):
     """A batch of 6 codes with scorer.chunk=4 is one train_population call (2 chunks by lax.map,
     padded); scorer.devices=2 splits each chunk over 2 devices and gives the same scores."""
-    from archlab.train.nas import runner
-    from archlab.train.nas.runner import Scorer
+    from archlab.train.nas import scorer
+    from archlab.train.nas.scorer import Scorer
 
     small = {"search.steps_per_member": "3", "scorer.chunk": "4", "scorer.channels": "4", "scorer.image_size": "8"}
     codes = np.array([[3, 2, 1, 4, 0, 3], [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3], [4, 0, 2, 1, 3, 2], [2, 3, 0, 3, 2, 1],
                       [0, 3, 3, 2, 4, 1]])
     calls = []
-    real = runner.train_population
-    monkeypatch.setattr(runner, "train_population", lambda codes, *a, **k: calls.append((len(codes), k)) or real(codes, *a, **k))
+    real = scorer.train_population
+    monkeypatch.setattr(scorer, "train_population", lambda codes, *a, **k: calls.append((len(codes), k)) or real(codes, *a, **k))
     one = Scorer(apply_nas_overrides(nas_config(), small)).score_fn(codes, 0)
     assert [(n, k["chunk"], k["devices"]) for n, k in calls] == [(8, 4, 1)]
     two = Scorer(apply_nas_overrides(nas_config(), {**small, "scorer.devices": "2"})).score_fn(codes, 0)

@@ -12,6 +12,7 @@ from conftest import REPO, cli_env
 from archlab.arch.nas_cell import CellNet
 from archlab.arch.search_space import DenseSpace, HyperparameterSpace, genotype_from_string
 from archlab.launch.nas import main as nas_main
+from archlab.train.nas.config import make_space, nas_config
 from archlab.train.nas.dense_population import ACTIVATIONS, init_dense_population, train_dense_population
 from archlab.train.nas.hparam_population import shape_groups, shared_init, train_hyperparameters
 from archlab.train.nas.population import digits_data, train_population
@@ -213,6 +214,28 @@ def test_bad_space_input_is_one_line(tmp_path, capsys, args, message):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
     assert json.load(open(tmp_path / "best.json")) == {"kept": True}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--strategy=random", "--config.search.budget=abc"], "bad value for config.search.budget: 'abc' is not a valid int"),
+    (["--strategy=random", "--config.search=1"], "config.search is a section, not a field"),
+    (["--strategy=random", "--config=configs/cnn.py"], "a NAS config file starts from configs/nas.py"),
+    (["--strategy=random", "--config=configs/nas.py:big"], "unknown arg 'big'"),
+    (["--strategy=random", "--config=configs/nas.py", "--config.search.population=-2"], "search.population must be > 0"),
+])
+def test_config_file_and_override_errors_are_launch_train_s(tmp_path, capsys, args, message):
+    """``--config=FILE`` and ``--config.X=V`` go through train.config's loader and parser: the same one-line errors."""
+    with pytest.raises(SystemExit) as exit_info:
+        nas_main([*args, f"--workdir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_the_spaces_default_grids_are_the_config_files():
+    config = nas_config()
+    for name, space in (("dense", DenseSpace()), ("hparams", HyperparameterSpace())):
+        config.search.space = name
+        assert make_space(config) == space
 
 
 def test_bad_space_through_a_real_process(tmp_path):

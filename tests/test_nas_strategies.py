@@ -1,5 +1,6 @@
 """NAS search strategies over an abstract scorer, the tabular benchmark, and the search driver."""
 
+import dataclasses
 import json
 
 import jax
@@ -8,6 +9,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from archlab.arch.search_space import codes_from_indices, indices_from_codes
+from archlab.configs.nas import get_config as nas_defaults
 from archlab.train.nas.benchmark_table import (CELL_CHOICES, TableError, generate_table, genotype_from_string,
                                        genotype_to_string, is_connected, load_table)
 from archlab.train.nas.evolution import evolution_step, init_evolution
@@ -16,7 +19,7 @@ from archlab.train.nas.reinforce import controller_probabilities, init_reinforce
 from archlab.train.nas.search import init_search, run_search, summarize_best
 from archlab.train.nas.search_config import search_config
 from archlab.train.nas.small_jit import small_jit
-from archlab.train.nas.space_ops import codes_from_indices, indices_from_codes, mutate, random_codes
+from archlab.train.nas.space_ops import mutate, random_codes
 
 GENERIC = (4, 1, 6)  # a small non-cell space, with a decision that has one choice; tests share its compiles
 STRATEGY_CFG = {"search": {"population": 6, "sample_size": 3, "children_per_cycle": 4, "batch_size": 7,
@@ -210,7 +213,7 @@ def test_unknown_strategy_and_bad_config_are_one_line_errors():
         run_search("random", toy_score, CELL_CHOICES, 0)
     with pytest.raises(ValueError, match=r"search.population must be > 0"):
         search_config({"search": {"population": 0}})
-    with pytest.raises(ValueError, match=r"search.budget \(10\) must be >= search.population \(20\)"):
+    with pytest.raises(ValueError, match=r"search.budget \(10\) must be >= search.population \(16\)"):
         run_search("evolution", toy_score, CELL_CHOICES, 10)
     with pytest.raises(ValueError, match="a SamplingState cannot continue a search with strategy .evolution."):
         run_search("evolution", toy_score, GENERIC, 20, STRATEGY_CFG, state=init_search("random", GENERIC, 20))
@@ -226,6 +229,13 @@ def test_search_config_accepts_dicts_and_ml_collections():
     assert search_config({"search.budget": "70"}).budget == 70 and search_config({"budget": 9}).budget == 9
     with pytest.raises(ValueError, match="search.population must be int, got 2.5"):
         search_config({"search": {"population": 2.5}})
+
+
+def test_search_config_defaults_are_configs_nas():
+    search = nas_defaults().search
+    assert dataclasses.asdict(search_config()) == {k: v for k, v in search.items() if k != "space"}
+    with pytest.raises(ValueError, match="bad value for config.search.budget: 'x' is not a valid int"):
+        search_config({"search.budget": "x"})  # a string is parsed as a --config.search.budget flag is
 
 
 # ---- tabular benchmark ----

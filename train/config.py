@@ -122,20 +122,11 @@ def convert_override(key: str, raw: str, current):
     raise ConfigError(f"bad value for config.{key}: {raw!r} is not a valid {kind.__name__}")
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
-    """Returns a copy of ``config`` with ``{"train.steps": "50", ...}`` applied, each string typed by
-    the field's current value, resolved and validated (:func:`resolve_config`).
-
-    Choosing another ``data.dataset`` first applies that dataset's values from the family's config
-    file (``DATASET_DEFAULTS``, e.g. the GAN's digits settings), then the user's overrides on top.
-    """
-    check_fields(config)
+def override_fields(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+    """An unlocked copy of ``config`` with ``{"SECTION.FIELD": "VALUE", ...}`` set, each string typed by
+    :func:`convert_override`; an unknown key is a ConfigError naming the valid ones. The one parser
+    of ``--config.X=V`` flags (launch.train and launch.nas); nothing is validated here."""
     config = ml_collections.ConfigDict(config.to_dict())
-    dataset = overrides.get("data.dataset", "")
-    if dataset and config.get("model_name", "") in MODELS:
-        family = configs.family_module(MODELS[config.model_name].config)
-        for section, values in getattr(family, "DATASET_DEFAULTS", {}).get(dataset, {}).items():
-            config[section].update(values)
     for key, raw in overrides.items():
         node = config
         parts = key.split(".")
@@ -153,6 +144,24 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
                 if not isinstance(node[part], ml_collections.ConfigDict):
                     raise ConfigError(f"config.{'.'.join(parts[: depth + 1])} is a field, not a section")
                 node = node[part]
+    return config
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> ml_collections.ConfigDict:
+    """Returns a copy of ``config`` with ``{"train.steps": "50", ...}`` applied, each string typed by
+    the field's current value, resolved and validated (:func:`resolve_config`).
+
+    Choosing another ``data.dataset`` first applies that dataset's values from the family's config
+    file (``DATASET_DEFAULTS``, e.g. the GAN's digits settings), then the user's overrides on top.
+    """
+    check_fields(config)
+    config = ml_collections.ConfigDict(config.to_dict())
+    dataset = overrides.get("data.dataset", "")
+    if dataset and config.get("model_name", "") in MODELS:
+        family = configs.family_module(MODELS[config.model_name].config)
+        for section, values in getattr(family, "DATASET_DEFAULTS", {}).get(dataset, {}).items():
+            config[section].update(values)
+    config = override_fields(config, overrides)
     if config.data.classes and "num_classes" in config.model and "model.num_classes" not in overrides:
         try:  # a subset of k labels is relabelled 0..k-1: a k-way head unless the user says otherwise
             config.model.num_classes = len(parse_classes(config.data.classes))
@@ -187,15 +196,21 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
     if not isinstance(name, str) or not name:
         got = "missing" if name is _MISSING else repr(name)
         raise ConfigError(f"config.model_name is {got}; valid models: {', '.join(sorted(MODELS))}")
-    reference = configs.from_ref(get_model_spec(name).config).to_dict()
+    check_like(config, configs.from_ref(get_model_spec(name).config),
+               "a config file starts from configs.base.base_config() and sets every field of its family's model section "
+               f"(see configs/{get_model_spec(name).config.partition(':')[0]})")
+
+
+def check_like(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, hint: str) -> None:
+    """Refuses any field of ``reference`` (the defaults) that ``config`` lacks or holds with another
+    type; ``hint`` says, after a missing field, what a config file must set."""
     actual = config.to_dict()
-    for key, default in _leaves(reference):
+    for key, default in _leaves(reference.to_dict()):
         value = actual
         for part in key.split("."):
             value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
         if value is _MISSING:
-            raise ConfigError(f"config.{key} is missing; a config file starts from configs.base.base_config() and sets every "
-                              f"field of its family's model section (see configs/{get_model_spec(name).config.partition(':')[0]})")
+            raise ConfigError(f"config.{key} is missing; {hint}")
         if not _same_kind(value, default):
             raise ConfigError(f"config.{key} must be {_KINDS.get(type(default), type(default).__name__)}, as its default "
                               f"{default!r} (got {value!r})")

@@ -30,18 +30,19 @@ import os
 import numpy as np
 
 from archlab.arch.search_space import (
+    CELL_CHOICES,
     NUM_EDGES,
     NUM_OPS,
-    CellSpace,
     GenotypeError,
+    all_codes,
+    codes_from_indices,
     genotype_from_string,
     genotype_to_string,
+    indices_from_codes,
     is_disconnected,
 )
 from archlab.train.errors import TableError
-from archlab.train.nas.space_ops import codes_from_indices, indices_from_codes
 
-CELL_CHOICES = CellSpace().num_choices
 METRICS = ("accuracy", "valid-accuracy", "valid_accuracy")  # tried in order when no metric is named
 __all__ = ["CELL_CHOICES", "Table", "TableError", "generate_table", "genotype_from_string", "genotype_to_string",
            "is_connected", "load_table", "synthetic_scores"]
@@ -176,7 +177,7 @@ def synthetic_scores(rng_seed: int) -> np.ndarray:
     E = NUM_EDGES
     effect = np.asarray([-2.0, 0.5, 2.0, 3.0, 0.0]) + rng.normal(0.0, 1.0, (E, NUM_OPS))
     pair = np.triu(np.ones((E, E)), 1)[:, :, None, None] * rng.normal(0.0, 0.3, (E, E, NUM_OPS, NUM_OPS))
-    codes = codes_from_indices(np.arange(math.prod(CELL_CHOICES)), CELL_CHOICES)
+    codes = all_codes(CELL_CHOICES)
     edges = np.arange(E)
     acc = 74.0 + effect[edges, codes].sum(1)
     acc += pair[edges[:, None], edges[None, :], codes[:, :, None], codes[:, None, :]].sum((1, 2))

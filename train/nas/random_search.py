@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from archlab.arch.search_space import codes_from_indices
 from archlab.train.nas.history import History, append, empty_history
 from archlab.train.nas.scorer import ScoreFn, new_key, score_batch, split_key
 from archlab.train.nas.search_config import search_config
-from archlab.train.nas.space_ops import check_num_choices, codes_from_indices, num_codes, random_codes_jitted
+from archlab.train.nas.space_ops import check_num_choices, num_codes, random_codes_jitted
 
 
 @struct.dataclass

@@ -1,7 +1,9 @@
 """The ``search`` config section as a typed, validated value, from a dict or an ml_collections config.
 
 Tools rely on ``search.budget`` (architectures evaluated), ``search.population``, ``search.seeds`` and
-``search.steps_per_member``; the rest tune the strategies. Keys this module does not know are left to
+``search.steps_per_member``; the rest tune the strategies. A field not given takes its value from
+``configs/nas.py``, the one place NAS defaults live; a string is parsed by the trainer's
+``convert_override`` (as a ``--config.search.X=V`` flag is). Keys this module does not know are left to
 their owners (the scorer, the CLI), so they are ignored here, not rejected.
 """
 
@@ -10,52 +12,43 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from archlab.configs.nas import get_config as nas_defaults
+from archlab.train.config import convert_override
+
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    budget: int = 300  # architectures evaluated per run
-    population: int = 20  # regularized evolution's population
-    seeds: int = 3  # runs per strategy in comparisons
-    steps_per_member: int = 50  # training steps when the scorer trains members
-    sample_size: int = 5  # evolution's tournament size
-    children_per_cycle: int = 4  # evolution's children scored together each cycle
-    batch_size: int = 16  # random and grid search: codes scored per call
-    controller_batch: int = 10  # REINFORCE: architectures sampled per update
-    controller_hidden: int = 32  # REINFORCE: LSTM width
-    controller_lr: float = 0.01  # measured: 0.02+ sometimes collapses onto a wrong op within 40 updates
-    entropy_weight: float = 1e-4
-    baseline_decay: float = 0.95
+    budget: int  # architectures evaluated per run
+    population: int  # regularized evolution's population
+    seeds: int  # runs per strategy in comparisons
+    steps_per_member: int  # training steps when the scorer trains members
+    sample_size: int  # evolution's tournament size
+    children_per_cycle: int  # evolution's children scored together each cycle
+    batch_size: int  # random and grid search: codes scored per call
+    controller_batch: int  # REINFORCE: architectures sampled per update
+    controller_hidden: int  # REINFORCE: LSTM width
+    controller_lr: float
+    entropy_weight: float
+    baseline_decay: float
 
 
-_POSITIVE = ("budget", "population", "seeds", "steps_per_member", "sample_size", "children_per_cycle",
-             "batch_size", "controller_batch", "controller_hidden")
+POSITIVE = ("budget", "population", "seeds", "steps_per_member", "sample_size", "children_per_cycle",
+            "batch_size", "controller_batch", "controller_hidden")
+DEFAULTS = {field.name: nas_defaults().search[field.name] for field in dataclasses.fields(SearchConfig)}
 
 
 def search_config(config: Any = None, **overrides) -> SearchConfig:
     """A validated SearchConfig from ``config`` (None, a SearchConfig, the whole config with a ``search``
-    section, the section itself, or a flat dict with ``search.*`` keys), then ``overrides``."""
+    section, the section itself, or a flat dict with ``search.*`` keys), then ``overrides``; fields
+    not given are ``configs/nas.py``'s."""
     if isinstance(config, SearchConfig):
         values = dataclasses.asdict(config)
     else:
-        values = {}
-        section = _section(config)
-        for field in dataclasses.fields(SearchConfig):
-            if field.name in section:
-                values[field.name] = section[field.name]
+        section = search_section(config)
+        values = {name: section[name] for name in DEFAULTS if name in section}
     values.update(overrides)
-    typed = {}
-    for field in dataclasses.fields(SearchConfig):
-        if field.name not in values:
-            continue
-        value, kind = values[field.name], type(field.default)
-        try:
-            if isinstance(value, bool) or (kind is int and float(value) != int(value)):
-                raise ValueError
-            typed[field.name] = kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"search.{field.name} must be {kind.__name__}, got {value!r}") from None
-    cfg = SearchConfig(**typed)
-    for name in _POSITIVE:
+    cfg = SearchConfig(**{name: typed(name, values.get(name, default), default) for name, default in DEFAULTS.items()})
+    for name in POSITIVE:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"search.{name} must be > 0, got {getattr(cfg, name)}")
     if cfg.controller_lr <= 0 or cfg.entropy_weight < 0 or not 0 <= cfg.baseline_decay < 1:
@@ -64,7 +57,22 @@ def search_config(config: Any = None, **overrides) -> SearchConfig:
     return cfg
 
 
-def _section(config: Any) -> dict:
+def typed(name: str, value, default):
+    """``value`` as the type of ``default``: a string parsed as a ``--config.search.NAME`` flag is, a
+    number kept when it has that type's value (2.0 is the int 2, 2.5 is no int)."""
+    if isinstance(value, str):
+        return convert_override(f"search.{name}", value, default)
+    kind = type(default)
+    try:
+        if isinstance(value, bool) or (kind is int and float(value) != int(value)):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"search.{name} must be {kind.__name__}, got {value!r}") from None
+
+
+def search_section(config: Any) -> dict:
+    """The ``search`` values of any form :func:`search_config` takes, as a plain dict."""
     if config is None:
         return {}
     if hasattr(config, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict

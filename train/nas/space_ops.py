@@ -1,8 +1,9 @@
-"""Random codes, one-decision mutation and enumeration over a space given as ``num_choices``.
+"""Random codes and one-decision mutation over a space given as ``num_choices``.
 
 Generic over any product space (NAS-Bench-201 cell edges, dense-net choices, a hyperparameter grid:
 ``arch.search_space``'s spaces give ``num_choices`` and the meaning of a code). This is the one
-implementation of sampling and mutation, the one every strategy uses. The jax functions are
+implementation of sampling and mutation, the one every strategy uses; enumeration (code <-> index)
+is ``arch.search_space.codes_from_indices`` / ``indices_from_codes``. The jax functions are
 jit/vmap-able with ``num_choices`` static.
 """
 
@@ -56,22 +57,3 @@ def mutate(rng: jax.Array, code: jax.Array, num_choices: Sequence[int]) -> jax.A
     size = jnp.asarray(sizes)[position]
     shift = 1 + jnp.minimum((u[1] * (size - 1)).astype(jnp.int32), size - 2)  # 1..size-1
     return code.at[position].set((code[position] + shift) % size)
-
-
-def codes_from_indices(indices: np.ndarray, num_choices: Sequence[int]) -> np.ndarray:
-    """Mixed-radix decoding: index -> code, first decision slowest (lexicographic order)."""
-    indices = np.asarray(indices, np.int64)
-    codes = np.zeros((indices.shape[0], len(num_choices)), np.int32)
-    for d in reversed(range(len(num_choices))):
-        codes[:, d] = indices % num_choices[d]
-        indices = indices // num_choices[d]
-    return codes
-
-
-def indices_from_codes(codes: np.ndarray, num_choices: Sequence[int]) -> np.ndarray:
-    """Inverse of :func:`codes_from_indices`: int64 ``[P]``."""
-    codes = np.asarray(codes, np.int64)
-    index = np.zeros(codes.shape[0], np.int64)
-    for d, k in enumerate(num_choices):
-        index = index * k + codes[:, d]
-    return index
