@@ -1,6 +1,6 @@
 """The ``compile`` suite: transformer train-step compile time against depth, scan over layers vs unrolled.
 
-At each depth both variants are built by the training path (``train.run.Run``) and their train
+At each depth both variants are built by the training path (``train.compiled_run.Run``) and their train
 step is lowered and compiled ahead of time (``Run.compile_train_step``: trace + lower + XLA
 compile) from empty jax caches; variants alternate per depth. Reported per variant: seconds per
 depth (median over ``repeats``), the least-squares slope in seconds per layer, and the
@@ -22,7 +22,7 @@ import jax
 from archlab.bench import BenchmarkError, progress
 from archlab.bench.timing import median
 from archlab.bench.train import TINY_OVERRIDES, make_config
-from archlab.train.run import Run
+from archlab.train.compiled_run import Run
 
 LAYERS = (2, 4, 8, 12)
 VARIANTS = {"scan": "true", "unrolled": "false"}

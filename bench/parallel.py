@@ -1,6 +1,6 @@
 """The ``parallel`` suite: the transformer train step sharded over 2 devices vs 1, same global batch.
 
-Both runs are built with the project's own machinery (``train.run.Run``: config -> mesh ->
+Both runs are built with the project's own machinery (``train.compiled_run.Run``: config -> mesh ->
 sharded init -> AOT-compiled, state-donating train step) and timed the way the training loop
 runs: place the batch on the mesh, step, then wait for the state. Single and sharded steps are
 measured in alternating blocks (A B B A A B ...) so slow drift in a shared machine's load hits
@@ -15,8 +15,8 @@ import jax
 
 from archlab.bench import BenchmarkError
 from archlab.bench.timing import interleaved_blocks, median
+from archlab.train.compiled_run import Run
 from archlab.train.config import apply_overrides, get_config
-from archlab.train.run import Run
 
 MODEL = "transformer"
 # The benchmark shapes: d_model 256, 4 layers, 4 heads, length 128, batch 16, bytes.

@@ -1,6 +1,6 @@
 """The ``train`` suite: train-step time, throughput and MFU of the transformer, the CNN and ResNet-18.
 
-Each model is built by the training path itself (``train.run.Run``: config -> data -> module ->
+Each model is built by the training path itself (``train.compiled_run.Run``: config -> data -> module ->
 AOT-compiled, state-donating train step on one device) and stepped the way the loop steps it.
 MFU = model FLOPs per second / the machine's peak f32 matmul FLOP/s. The peak is re-measured
 *inside* the suite, in blocks alternating with the train-step blocks (``jnp.dot`` at the size

@@ -24,7 +24,7 @@ from archlab.arch import get_model_spec
 from archlab.arch.nerf import NeRFField
 from archlab.deploy import ExportError
 from archlab.train.optim import make_optimizer
-from archlab.train.state import init_train_state
+from archlab.train.state import abstract_train_state
 from archlab.train.workdir import load_run_info, restore_params
 
 
@@ -162,8 +162,7 @@ def random_inference_model(config, example: np.ndarray | None = None, seed: int 
     module = spec.make_module(config.model)
     if example is None:
         example = np.asarray(spec.example_input(config))
-    shapes = jax.eval_shape(lambda: nn.meta.unbox(init_train_state(module, make_optimizer(config.train, spec.param_groups), example,
-                                                                    jax.random.PRNGKey(seed))))
+    shapes = nn.meta.unbox(abstract_train_state(module, make_optimizer(config.train, spec.param_groups), example))
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):

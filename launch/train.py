@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.dry_run:
         from archlab.arch import get_model_spec
+        from archlab.train.compiled_run import make_run_mesh
         from archlab.train.data import make_dataset
         from archlab.train.parallel import mesh_shape
-        from archlab.train.run import make_run_mesh
 
         try:
             dataset = make_dataset(get_model_spec(config.model_name).task, config)

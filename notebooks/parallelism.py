@@ -37,8 +37,8 @@ import jax  # noqa: E402  (after XLA_FLAGS, on purpose)
 import numpy as np  # noqa: E402
 
 from archlab.train import parallel  # noqa: E402
+from archlab.train.compiled_run import Run  # noqa: E402
 from archlab.train.config import apply_overrides, get_config  # noqa: E402
-from archlab.train.run import Run  # noqa: E402
 from archlab.train.placement import param_placements, placement_table, spec_table  # noqa: E402
 
 if jax.device_count() < FAKE_DEVICES:

@@ -113,8 +113,8 @@ def _save_raw_step(workdir, step, transform):
     import orbax.checkpoint as ocp
 
     from archlab.train.checkpoint import _saved_form  # the tree the trainer writes (no ema_params without EMA)
+    from archlab.train.compiled_run import Run
     from archlab.train.config import apply_overrides, get_config
-    from archlab.train.run import Run
 
     run = Run(apply_overrides(get_config("mlp"), {"train.steps": "4"}))  # the config trained_mlp ran
     checkpointer = Checkpointer(str(workdir / "checkpoints"), keep=10)
@@ -408,7 +408,7 @@ def test_a_state_too_large_for_memory_is_refused_before_compiling(tmp_path):
 def test_sigterm_outside_the_loop_ends_the_run_cleanly(tmp_path, monkeypatch, trained_mlp):
     import threading
 
-    from archlab.train.run import Run
+    from archlab.train.compiled_run import Run
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers need the main thread")

@@ -217,7 +217,7 @@ def _save_overflowing_step(workdir, step=6, scale=1e30):
     """A finite newest step whose params are the trained ones times ``scale``: restore accepts it,
     and the mlp's logits overflow float32 to inf/NaN."""
     from archlab.train.checkpoint import Checkpointer
-    from archlab.train.run import Run
+    from archlab.train.compiled_run import Run
     from archlab.train.workdir import load_run_info
 
     run = Run(load_run_info(workdir)["config"])

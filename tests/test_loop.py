@@ -19,7 +19,7 @@ def _params(workdir):
 
 def _params_at(workdir, step):
     from archlab.train.checkpoint import Checkpointer
-    from archlab.train.run import Run
+    from archlab.train.compiled_run import Run
 
     config = tiny_config(parallel__mesh="data:1")
     run = Run(config)

@@ -101,8 +101,8 @@ def test_float16_step_skips_overflow_halves_the_scale_and_then_trains():
 
 def test_loss_scale_lives_in_the_checkpoint(tmp_path):
     from archlab.train.checkpoint import Checkpointer
+    from archlab.train.compiled_run import Run
     from archlab.train.loop import train_and_evaluate
-    from archlab.train.run import Run
 
     config = tiny_config("cnn", model__dtype="float16", train__steps=4, train__log_every=2, train__eval_every=2,
                          checkpoint__every=2, **CNN_TINY)

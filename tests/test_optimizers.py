@@ -106,7 +106,7 @@ def test_ema_update_matches_the_closed_form():
 
 
 def test_train_step_keeps_the_ema_and_evaluation_reads_it():
-    from archlab.train.run import Run
+    from archlab.train.compiled_run import Run
 
     decay = 0.7
     run = Run(tiny_config(train__ema_decay=decay, train__steps=5))
@@ -126,8 +126,8 @@ def test_train_step_keeps_the_ema_and_evaluation_reads_it():
 
 def test_ema_survives_resume_and_restore_params_returns_it(tmp_path):
     from archlab.train.checkpoint import Checkpointer
+    from archlab.train.compiled_run import Run
     from archlab.train.loop import train_and_evaluate
-    from archlab.train.run import Run
     from archlab.train.workdir import restore_params
 
     quiet = dict(progress=False, echo=lambda *a: None)
@@ -149,7 +149,7 @@ def test_a_checkpoint_from_before_ema_restores_with_ema_off(tmp_path):
     from flax import struct
 
     from archlab.train.checkpoint import Checkpointer
-    from archlab.train.run import Run
+    from archlab.train.compiled_run import Run
 
     @struct.dataclass
     class OldTrainState:  # TrainState before ema_params existed

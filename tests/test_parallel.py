@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from archlab.train import parallel
+from archlab.train.compiled_run import Run
 from archlab.train.loop import train_and_evaluate
-from archlab.train.run import Run
 from archlab.train.workdir import restore_params
 
 from conftest import REPO, cli_env, tiny_cli_flags, tiny_config

@@ -31,7 +31,7 @@ def test_placement_table_totals_whole_model_and_one_device_share():
 
 
 def test_spec_table_puts_layouts_side_by_side():
-    from archlab.train.run import Run
+    from archlab.train.compiled_run import Run
 
     shardings = {r: Run(tiny_config(model__num_heads="4", parallel__mesh="data:2,model:4", parallel__rules=r)).state_shardings.params
                  for r in ("data_parallel", "tensor_parallel")}

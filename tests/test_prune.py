@@ -8,10 +8,10 @@ import optax
 import pytest
 
 from archlab.train.checkpoint import Checkpointer
+from archlab.train.compiled_run import Run
 from archlab.train.config import ConfigError
 from archlab.train.loop import train_and_evaluate
 from archlab.train.optim import make_optimizer, prune
-from archlab.train.run import Run
 
 from conftest import assert_one_line_error, run_cli, tiny_config
 

@@ -129,8 +129,8 @@ def test_early_stopping_stops_at_the_right_evaluation():
 
 
 def test_early_stopping_in_the_loop_keeps_the_best_checkpoint_and_stays_stopped(tmp_path, monkeypatch):
+    from archlab.train.compiled_run import Run
     from archlab.train.loop import train_and_evaluate
-    from archlab.train.run import Run
     from archlab.train.workdir import restore_params
 
     scripted = {0: 0.1, 2: 0.5, 4: 0.8, 6: 0.7, 8: 0.8, 10: 0.6, 12: 0.9}  # step -> accuracy; stops after step 8
@@ -158,8 +158,8 @@ def test_early_stopping_in_the_loop_keeps_the_best_checkpoint_and_stays_stopped(
 
 
 def test_a_validation_split_chooses_the_state_and_the_test_split_scores_it_once(tmp_path, monkeypatch):
+    from archlab.train.compiled_run import Run
     from archlab.train.loop import train_and_evaluate
-    from archlab.train.run import Run
 
     scripted = {2: 0.5, 4: 0.8, 6: 0.7, 8: 0.8}  # validation accuracy by step; stops after step 8, best at 4
 
@@ -206,7 +206,7 @@ def test_bad_regularisation_config_is_one_line(overrides, fragment):
 
 
 def test_augment_on_a_language_model_is_refused_before_training():
-    from archlab.train.run import Run
+    from archlab.train.compiled_run import Run
 
     with pytest.raises(ConfigError, match="train.augment=shift needs image classification inputs"):
         Run(tiny_config("transformer", train__augment="shift"))

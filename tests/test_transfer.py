@@ -10,11 +10,11 @@ import optax
 import pytest
 
 from archlab.arch import get_model_spec
+from archlab.train.compiled_run import Run
 from archlab.train.config import ConfigError
 from archlab.train.data import DataError, make_dataset
 from archlab.train.data.images import ImageSplits, first_train_images, hold_out_validation, parse_classes, select_classes
 from archlab.train.loop import train_and_evaluate
-from archlab.train.run import Run
 from archlab.train.state import init_train_state
 from archlab.train.transfer import TransferError
 from archlab.train.workdir import restore_params

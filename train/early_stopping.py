@@ -1,15 +1,21 @@
 """Early stopping on an evaluation metric with patience (``train.early_stopping_metric``).
 
 A pure update on a small explicit state: each evaluation either improves on the best value by
-more than ``min_delta`` (the loop then saves that state as the best checkpoint, ``WORKDIR/best``)
-or counts as a bad evaluation; ``patience`` bad evaluations in a row stop the run. The state is a
+more than ``min_delta`` (that state is then saved as the best checkpoint, ``WORKDIR/best``) or
+counts as a bad evaluation; ``patience`` bad evaluations in a row stop the run. The state is a
 JSON-able dict saved with each checkpoint's data position, so a resumed run keeps counting, and a
-run that already stopped stays stopped.
+run that already stopped stays stopped. :class:`EarlyStopper` holds the rule, the state and the
+best checkpoint of one training invocation: the loop calls ``observe`` after each evaluation and
+``finish`` after the final one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+
+import jax
 
 from archlab.train.checkpoint import Checkpointer
 
@@ -94,9 +100,6 @@ class BestCheckpoint:
     """
 
     def __init__(self, workdir: str, resume_step: int = 0):
-        import os
-        import shutil
-
         self.workdir = os.path.join(workdir, "best")
         self._source_config = os.path.join(workdir, "config.json")
         self._checkpointer = None
@@ -107,11 +110,6 @@ class BestCheckpoint:
                     shutil.rmtree(os.path.join(directory, name))
 
     def save(self, step: int, state, data_state: dict) -> None:
-        import os
-        import shutil
-
-        import jax
-
         if self._checkpointer is None:
             self._checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=1)
         if jax.process_index() == 0 and os.path.isfile(self._source_config):
@@ -122,3 +120,66 @@ class BestCheckpoint:
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
+
+
+class EarlyStopper:
+    """Early stopping of one training invocation: the rule (None without
+    ``train.early_stopping_metric``, when every call is a no-op), its state restored from the
+    checkpoint's data (``saved_data``) and the best checkpoint, pruned to ``resume_step``."""
+
+    def __init__(self, train_config, workdir: str, saved_data: dict | None, resume_step: int):
+        self.rule = from_config(train_config)
+        self.state = StoppingState.from_json(saved_data.get("early_stopping") if saved_data and self.rule else None)
+        self.best = BestCheckpoint(workdir, resume_step=resume_step) if self.rule else None
+
+    @property
+    def stopped(self) -> bool:
+        return self.state.stopped
+
+    def checkpoint_data(self) -> dict:
+        """The counters, saved beside each checkpoint's data position."""
+        return {"early_stopping": self.state.to_json()} if self.rule else {}
+
+    def observe(self, step: int, metrics: dict, state, checkpoint_data) -> bool:
+        """After an evaluation at ``step``: saves ``state`` (global layout) as the best where it
+        improved, with ``checkpoint_data()`` read after the update; True when the run stops here."""
+        if self.rule is None:
+            return False
+        self.state, improved = update(self.rule, self.state, metrics[self.rule.metric], step)
+        if improved:
+            self.best.save(step, state, checkpoint_data())
+        return self.state.stopped
+
+    def finish(self, step: int, metrics: dict, state, checkpoint_data) -> dict | None:
+        """After the final evaluation: observes it unless the run stopped early, closes the best
+        checkpoint; the run summary's ``early_stopping`` entry (None without a rule)."""
+        if self.rule is None:
+            return None
+        if not self.state.stopped:
+            self.observe(step, metrics, state, checkpoint_data)
+            self.close()
+        return self.summary()
+
+    def summary(self) -> dict:
+        return dict(self.state.to_json(), metric=self.rule.metric, best_workdir=self.best.workdir)
+
+    def restore_best(self, abstract_state, notify):
+        """(state, data, step) of the best checkpoint (``WORKDIR/best``), read-only; None without one."""
+        directory = os.path.join(self.best.workdir, "checkpoints") if self.best is not None else ""
+        if not (directory and os.path.isdir(directory)):
+            return None
+        saved = Checkpointer(directory, keep=1, read_only=True)
+        try:
+            return saved.restore_latest(abstract_state, notify=notify)
+        finally:
+            saved.close()
+
+    def already_stopped(self, step: int) -> str:
+        return f"this run already stopped early at step {step}: {describe(self.rule, self.state)}"
+
+    def stopped_at(self, step: int, steps: int) -> str:
+        return f"{describe(self.rule, self.state)}; stopped at step {step} (of {steps}), best state kept in {self.best.workdir}"
+
+    def close(self) -> None:
+        if self.best is not None:
+            self.best.close()

@@ -3,19 +3,20 @@
 Pipeline order (one banner per stage): workdir + data checks, mesh, model + optimizer, sharded
 init or checkpoint restore, compile, loop, final evaluation, plot and sample. The CLI, tests and
 notebooks all call this one function; nothing here parses argv or exits the process. What is
-built from the config before the first step (data, mesh, module, compiled steps) is
-``train.run.Run``.
+built from the config before the first step (data, mesh, parallel mode, module, compiled steps)
+is ``train.compiled_run.Run``; the loop reads only its interface, whichever the parallel mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
-import signal
 import sys
 import tempfile
 import time
+from typing import Any, Callable
 
 import jax
 import jaxlib
@@ -26,20 +27,16 @@ from tqdm.auto import tqdm
 from archlab.train import early_stopping, memory_budget, parallel
 from archlab.train.atomic_write import write_json_atomically
 from archlab.train.checkpoint import Checkpointer, first_nonfinite_leaf, probe_checkpoint_dir
+from archlab.train.compiled_run import Run, accumulate_metrics
 from archlab.train.config import ConfigError, resolve_config
 from archlab.train.errors import NonFiniteLossError, WorkdirError
 from archlab.train.metrics import MetricWriter, plot_loss_curves, read_metrics
 from archlab.train.optim import prune as prune_lib
 from archlab.train.profiling import ProfileWindow
-from archlab.train.run import Run, accumulate_metrics
 from archlab.train.state import TrainState, param_count
+from archlab.train.stop_request import Interrupted, StopRequest
 from archlab.train.train_log import LOGGER as train_logger, train_line
 from archlab.train.workdir_lock import WorkdirLock, WorkdirLockedError
-
-
-class Interrupted(RuntimeError):
-    """SIGTERM/Ctrl-C arrived outside the training loop (start-up or the final evaluation); every
-    checkpoint written so far is intact and the same command resumes."""
 
 
 # ----------------------------------------------------------------------------------- workdir
@@ -76,66 +73,12 @@ def write_run_info(workdir: str, config: ml_collections.ConfigDict, extra: dict)
     write_json_atomically(os.path.join(workdir, "config.json"), info, indent=2, default=str)
 
 
-# ------------------------------------------------------------------------------------ signals
-
-
-class StopRequest:
-    """Set by SIGTERM (preemption) or a first Ctrl-C; the loop saves and returns at the next step.
-
-    In a multi-process run the processes must stop at the same step or their next collective
-    hangs, so there SIGTERM is left to JAX's preemption service and ``check(step)`` asks
-    ``multihost_utils.reached_preemption_sync_point``, which agrees on one step across processes.
-    """
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._previous = {}
-        self._multi_process = jax.process_count() > 1
-
-    def __bool__(self):
-        return self.signal_name is not None
-
-    def _handle(self, signum, frame):
-        if self.signal_name is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-
-    def raise_if_stopped(self, where: str) -> None:
-        """At a stage boundary outside the loop: a pending SIGTERM/Ctrl-C ends the run here."""
-        if self.signal_name is not None:
-            raise Interrupted(f"received {self.signal_name} {where}")
-
-    def check(self, step: int) -> bool:
-        """Called once per step by every process; True when this step is where to stop."""
-        if self._multi_process and self.signal_name is None:
-            from jax.experimental import multihost_utils
-
-            if multihost_utils.reached_preemption_sync_point(step):
-                self.signal_name = "a preemption notice (SIGTERM to a process)"
-        return bool(self)
-
-    @contextlib.contextmanager
-    def installed(self):
-        signals = () if self._multi_process else (signal.SIGTERM, signal.SIGINT)
-        try:
-            for sig in signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: run without handlers
-            pass
-        try:
-            yield self
-        finally:
-            for sig, handler in self._previous.items():
-                signal.signal(sig, handler)
+# ------------------------------------------------------------------------------------ helpers
 
 
 def _check_stopping_metric(run: Run, metric: str) -> None:
-    """train.early_stopping_metric must be one of the task's eval metrics, read off the eval step's
-    output shapes (nothing is compiled or run)."""
-    batch, weights = run.data.eval_batches[0]
-    shapes = jax.eval_shape(run.jit_eval_step, run.abstract_state.params, run.abstract_state.model_state, batch, weights)
-    names = sorted(run.task.summarize(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)))
-    names += ["sparsity"] if run.config.train.sparsity > 0 else []
+    """train.early_stopping_metric must be one of the task's eval metrics."""
+    names = run.eval_metric_names()
     if metric not in names:
         raise ConfigError(f"train.early_stopping_metric={metric!r} is not an eval metric of this model; valid: {', '.join(names)}")
 
@@ -187,32 +130,25 @@ def _resume_hint(restored) -> str:
     return f"the latest checkpoint is step {restored[2]}" if restored is not None else "no checkpoint was written yet"
 
 
-def _close_after_failure(checkpointer: Checkpointer, best) -> None:
+def _close_after_failure(checkpointer: Checkpointer, stopper) -> None:
     """Closes the checkpointers while another error is on its way out: theirs must not replace it."""
-    for closable in (checkpointer, best):
-        if closable is not None:
-            with contextlib.suppress(Exception):
-                closable.close()
+    for closable in (checkpointer, stopper):
+        with contextlib.suppress(Exception):
+            closable.close()
 
 
 def _logged(path: str, step: int, split: str) -> bool:
     return os.path.isfile(path) and any(r.get("step") == step and r.get("split") == split for r in read_metrics(path))
 
 
-def _score_test_split(run: Run, state: TrainState, step: int, best, say) -> tuple[dict, int, str]:
+def _score_test_split(run: Run, state: TrainState, step: int, stopper, say) -> tuple[dict, int, str]:
     """(metrics, step, "best state" | "last state") on the test split, for the state the validation
     split chose: early stopping's best (restored from ``WORKDIR/best``), else the last state."""
     test_state, test_step, which = state, step, "last state"
-    directory = os.path.join(best.workdir, "checkpoints") if best is not None else ""
-    if directory and os.path.isdir(directory):
-        saved = Checkpointer(directory, keep=1, read_only=True)
-        try:
-            restored = saved.restore_latest(run.abstract_state, notify=say)
-        finally:
-            saved.close()
-        if restored is not None:
-            test_state, _, test_step = restored
-            which = "best state"
+    restored = stopper.restore_best(run.abstract_state, notify=say)
+    if restored is not None:
+        test_state, _, test_step = restored
+        which = "best state"
     return run.evaluate(test_state, run.eval_batches(run.data.test_batches)), test_step, which
 
 
@@ -224,6 +160,230 @@ def _token_unit(config) -> str:
     """What a language model's tokens are: bytes, unless data.tokenizer says otherwise (a .bin of token ids)."""
     byte_level = config.data.get("tokenizer", "bytes") == "bytes" and config.model.get("vocab_size", 256) == 256
     return "byte" if byte_level else "token"
+
+
+# ------------------------------------------------------------------------------ stages of a run
+
+
+def _checked_run(config, workdir: str) -> Run:
+    """The Run, after the checks that must fail before any work (memory, the stopping metric, a
+    writable checkpoints directory)."""
+    run = Run(config)
+    memory_budget.check_state_fits(run.abstract_state, list(run.mesh.devices.flat))
+    if run.config.train.early_stopping_metric:
+        _check_stopping_metric(run, run.config.train.early_stopping_metric)
+    probe_checkpoint_dir(os.path.join(workdir, "checkpoints"))
+    return run
+
+
+def _restore_or_init(run: Run, checkpointer: Checkpointer, iterator, workdir: str, restart: bool, say):
+    """(state in the train step's layout, start step, the restored (state, data, step) or None):
+    the latest intact checkpoint with the iterator set to its position, else a fresh state."""
+    restored = checkpointer.restore_latest(run.abstract_state, notify=say, check_data=iterator.state_problem)
+    if restored is None:
+        _guard_history(workdir, restart, say)
+        return run.init_state(run.config.seed), 0, None
+    state, data_state, start_step = restored
+    state = run.to_layout(state)
+    iterator.set_state(data_state)
+    say(f"resuming from step {start_step} in {checkpointer.directory}")
+    return state, start_step, restored
+
+
+def _open_records(run: Run, workdir: str, start_step: int, primary: bool, say) -> tuple[MetricWriter, int]:
+    """(metric writer, param count): config.json written, metrics.jsonl cut back to ``start_step``,
+    the start-up report said."""
+    config = run.config
+    n_params = param_count(run.abstract_state.params)
+    if primary:
+        write_run_info(workdir, config, {"param_count": n_params, "data_source": run.data.source,
+                                         "example_input": {"shape": list(run.example_input.shape), "dtype": str(run.example_input.dtype)},
+                                         "mesh": parallel.mesh_shape(run.mesh), "parallel_mode": config.parallel.mode})
+    writer = MetricWriter(workdir, enabled=primary)
+    writer.truncate_after(start_step)
+    writer.summary.config(config.to_dict())
+    say(
+        f"{config.model_name}: {n_params:,} params | data {run.data.source}: {run.data.description} | "
+        f"{run.mesh.devices.size} {jax.default_backend()} device(s), mesh {parallel.mesh_shape(run.mesh)}"
+    )
+    for line in run.startup_report():
+        say(line)
+    return writer, n_params
+
+
+def _compile(run: Run, stop: StopRequest, restored):
+    """The compiled train step, checked against the device memory; a pending signal ends the run
+    before and after the compile."""
+    stop.raise_if_stopped(f"before compiling (nothing new to save; {_resume_hint(restored)})")
+    compiled_step = run.compile_train_step()
+    memory_budget.check_compiled_fits(compiled_step, list(run.mesh.devices.flat))
+    stop.raise_if_stopped(f"before the first step (nothing new to save; {_resume_hint(restored)})")
+    return compiled_step
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopParts:
+    """What the step loop and the final evaluation use besides the train state, built once per call."""
+
+    run: Run
+    compiled_step: Callable
+    iterator: Any
+    checkpointer: Checkpointer
+    stopper: early_stopping.EarlyStopper
+    writer: MetricWriter
+    eval_batches: Any
+    stop: StopRequest
+    workdir: str
+    primary: bool
+    progress: bool
+    say: Callable
+
+    def checkpoint_data(self) -> dict:
+        """The iterator's position, plus the early-stopping counters."""
+        return {**self.iterator.get_state(), **self.stopper.checkpoint_data()}
+
+
+def _log_train(parts: LoopParts, bar, step: int, totals, window_start: int, window_time: float) -> None:
+    """The mean train metrics since ``window_start`` (a host sync) into metrics.jsonl and the bar or log."""
+    steps = parts.run.config.train.steps
+    count = step - window_start
+    host = {k: v / count for k, v in parts.run.host_metrics(totals).items()}
+    host["steps_per_s"] = count / max(time.time() - window_time, 1e-9)
+    parts.writer.write(step, "train", host)
+    bar.set_postfix(loss=f"{host['loss']:.3f}", refresh=False)
+    if parts.primary and not parts.progress:
+        train_logger.info(train_line(step, steps, host["loss"], host["steps_per_s"]))
+
+
+def _evaluate_in_training(parts: LoopParts, bar, state: TrainState, step: int) -> None:
+    """The held-out split's metrics of the global ``state``, logged with the task's figures, then
+    observed by early stopping (which may stop the run at this step)."""
+    run = parts.run
+    result = run.evaluate(state, parts.eval_batches)
+    parts.writer.write(step, "eval", result)
+    parts.writer.summary.images(step, run.plot(state, parts.workdir, step))
+    if parts.primary:
+        bar.write(f"step {step}: {run.data.held_out_name}{_ema_note(run.config)} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    parts.stopper.observe(step, result, state, parts.checkpoint_data)
+
+
+def _save(parts: LoopParts, state: TrainState, step: int, checked: bool) -> None:
+    """A checkpoint of the global ``state``, checked for non-finite values first unless ``checked``."""
+    if not checked:
+        _check_finite(state, step)
+    parts.checkpointer.save(step, state, parts.checkpoint_data())
+
+
+def _train_steps(parts: LoopParts, state: TrainState, start_step: int, end_step: int, resumed: bool) -> tuple[TrainState, int]:
+    """(state, step) after stepping from ``start_step`` to ``end_step``, a stop request or early
+    stopping: logs, evaluates and checkpoints on the config's intervals, saves the step it stops
+    at, then closes the iterator and the checkpointers (on an error too)."""
+    run, t = parts.run, parts.run.config.train
+    totals, window_start, window_time = None, start_step, time.time()
+    last_saved = start_step if resumed else None
+    step = start_step
+    profile = ProfileWindow(t.profile_steps, os.path.join(parts.workdir, "tensorboard"))
+    bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", disable=not (parts.progress and parts.primary),
+               dynamic_ncols=True, mininterval=0.5, file=sys.stdout)
+    try:
+        while step < end_step and not parts.stop and not parts.stopper.stopped:
+            profile.before_step(step)
+            batch = run.place_batch(next(parts.iterator))
+            state, metrics = parts.compiled_step(state, batch)
+            totals = metrics if totals is None else accumulate_metrics(totals, metrics)
+            step += 1
+            bar.update(1)
+            if profile.after_step(step, state) and parts.primary:
+                bar.write(f"profiled steps {step - profile.window[1] + 1}-{step} into {profile.logdir} (TensorBoard's Profile tab)")
+            parts.stop.check(step)
+
+            log_step = step % t.log_every == 0 or step == t.steps
+            eval_step = step % t.eval_every == 0 and step != t.steps
+            save_step = step % run.config.checkpoint.every == 0 or step == end_step
+            if not (log_step or eval_step or save_step):
+                continue
+            global_state = run.to_global(state)  # checkpoints, evaluation and plots read the global layout
+            if log_step:
+                _check_finite(global_state, step)
+                _log_train(parts, bar, step, totals, window_start, window_time)
+                totals, window_start, window_time = None, step, time.time()
+            if eval_step:
+                _evaluate_in_training(parts, bar, global_state, step)
+            if save_step or parts.stopper.stopped:  # a step early stopping ends the run at is saved too
+                _save(parts, global_state, step, checked=log_step)
+                last_saved = step
+        if parts.stop and step != last_saved:
+            _save(parts, run.to_global(state), step, checked=False)
+            last_saved = step
+    except BaseException:
+        with contextlib.suppress(Exception):
+            profile.after_step(step, None)
+        bar.close()
+        parts.iterator.close()
+        _close_after_failure(parts.checkpointer, parts.stopper)
+        raise
+    profile.after_step(step, None)  # a run that stopped inside the window
+    bar.close()
+    parts.iterator.close()  # stops grain's read-ahead thread and worker processes
+    parts.checkpointer.close()
+    parts.stopper.close()
+    return state, step
+
+
+def _final_evaluation(parts: LoopParts, state: TrainState, step: int, summary: dict) -> tuple[dict, tuple | None]:
+    """(held-out metrics, (test metrics, step, which state) or None) of the final global ``state``,
+    logged once and added to ``summary``; early stopping observes the final evaluation."""
+    run, writer = parts.run, parts.writer
+    result = run.evaluate(state, parts.eval_batches)
+    # An early-stopped run was evaluated at its last step already; a finished run run again has its row.
+    if not parts.stopper.stopped and not _logged(writer.path, step, "eval"):
+        writer.write(step, "eval", result)
+    summary.update(eval=result, interrupted=False)
+    stopping = parts.stopper.finish(step, result, state, parts.checkpoint_data)
+    if stopping is not None:
+        summary["early_stopping"] = stopping
+    if run.data.test_batches is None:
+        return result, None
+    # the held-out split was a validation split: score the test split once
+    test, test_step, which = _score_test_split(run, state, step, parts.stopper, parts.say)
+    if not _logged(writer.path, test_step, "test"):
+        writer.write(test_step, "test", test)
+    summary["test"] = dict(test, step=test_step, state=which)
+    return result, (test, test_step, which)
+
+
+def _final_reports(parts: LoopParts, state: TrainState, step: int, summary: dict, result: dict, test) -> None:
+    """Sparsity, the loss curves and the task's figures, the closing lines, and a language model's
+    sample; plots and sample are added to ``summary``."""
+    run, config, say = parts.run, parts.run.config, parts.say
+    if "sparsity" in result:
+        say(f"sparsity {100 * result['sparsity']:.1f} % of prunable weights are zero; "
+            f"{prune_lib.nonzero_count(state.params):,} of {summary['param_count']:,} params nonzero")
+    if parts.primary:
+        summary["plot"] = plot_loss_curves(
+            read_metrics(parts.writer.path), os.path.join(parts.workdir, "plots", "loss.png"), title=f"{config.model_name} ({parts.workdir})"
+        )
+    task_plots = run.plot(state, parts.workdir, step)  # every process helps gather the params
+    if parts.primary:
+        summary["task_plots"] = task_plots
+        parts.writer.summary.images(step, [summary["plot"], *task_plots])
+    parts.writer.close()
+    say(f"{run.data.held_out_name}{_ema_note(config)} at step {step}: {run.task.report(result).replace('bits per byte', f'bits per {_token_unit(config)}')}; "
+        f"{_format_duration(summary['train_seconds'])} in all")
+    if test is not None:
+        test_metrics, test_step, which = test
+        say(f"test at step {test_step} ({which}): {run.task.report(test_metrics)}")
+    if run.spec.task == "lm":
+        parts.stop.raise_if_stopped(f"after the final evaluation (step {step}); the sample was not drawn")
+        sample = run.sample(state, config.sample.prompt, config.sample.length,
+                            temperature=config.sample.temperature, top_k=config.sample.top_k,
+                            top_p=config.sample.get("top_p", 0.0), seed=config.seed)
+        summary["sample"] = sample
+        say(f"sample ({config.sample.length} {_token_unit(config)}s after {config.sample.prompt!r}):")
+        say(config.sample.prompt + sample)
+
+
+# ------------------------------------------------------------------------------------- the loop
 
 
 def train_and_evaluate(
@@ -267,178 +427,33 @@ def _train_and_evaluate(config, workdir: str, stop: StopRequest, *, stop_at_step
     primary = jax.process_index() == 0
     say = echo if primary else (lambda *a, **k: None)
     started = time.time()
-
-    # --- checks that must fail before any work
-    run = Run(config)
-    devices = list(run.mesh.devices.flat)
-    memory_budget.check_state_fits(run.abstract_state, devices)
+    run = _checked_run(config, workdir)
     config = run.config  # with model values read off the data (ModelSpec.from_data)
-    if config.train.early_stopping_metric:
-        _check_stopping_metric(run, config.train.early_stopping_metric)
-    probe_checkpoint_dir(os.path.join(workdir, "checkpoints"))
-    t = config.train
-
-    # --- state: restore the latest intact checkpoint, else init already sharded
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
     iterator = run.train_iterator()
-    restored = checkpointer.restore_latest(run.abstract_state, notify=say, check_data=iterator.state_problem)
-    if restored is None:
-        _guard_history(workdir, restart, say)
-        state, start_step = run.init_state(config.seed), 0
-    else:
-        state, data_state, start_step = restored
-        state = run.to_layout(state)
-        iterator.set_state(data_state)
-        say(f"resuming from step {start_step} in {checkpointer.directory}")
-    stopping_rule = early_stopping.from_config(t)
-    stopping = early_stopping.StoppingState.from_json(restored[1].get("early_stopping") if restored and stopping_rule else None)
-    best = early_stopping.BestCheckpoint(workdir, resume_step=start_step) if stopping_rule else None
+    state, start_step, restored = _restore_or_init(run, checkpointer, iterator, workdir, restart, say)
+    stopper = early_stopping.EarlyStopper(config.train, workdir, restored[1] if restored else None, start_step)
+    writer, n_params = _open_records(run, workdir, start_step, primary, say)
+    compiled_step = _compile(run, stop, restored)
+    parts = LoopParts(run, compiled_step, iterator, checkpointer, stopper, writer, run.eval_batches(), stop, workdir, primary, progress, say)
 
-    def data_state() -> dict:  # the iterator's position, plus the early-stopping counters
-        return {**iterator.get_state(), **({"early_stopping": stopping.to_json()} if stopping_rule else {})}
-
-    n_params = param_count(run.abstract_state.params)
-    if primary:
-        write_run_info(workdir, config, {"param_count": n_params, "data_source": run.data.source,
-                                         "example_input": {"shape": list(run.example_input.shape), "dtype": str(run.example_input.dtype)},
-                                         "mesh": parallel.mesh_shape(run.mesh), "parallel_mode": config.parallel.mode})
-    writer = MetricWriter(workdir, enabled=primary)
-    writer.truncate_after(start_step)
-    writer.summary.config(config.to_dict())
-    say(
-        f"{config.model_name}: {n_params:,} params | data {run.data.source}: {run.data.description} | "
-        f"{run.mesh.devices.size} {jax.default_backend()} device(s), mesh {parallel.mesh_shape(run.mesh)}"
-    )
-    for line in run.startup_report():
-        say(line)
-
-    # --- compile once, then loop
-    stop.raise_if_stopped(f"before compiling (nothing new to save; {_resume_hint(restored)})")
-    compiled_step = run.compile_train_step()
-    memory_budget.check_compiled_fits(compiled_step, devices)
-    stop.raise_if_stopped(f"before the first step (nothing new to save; {_resume_hint(restored)})")
-    eval_batches = run.eval_batches()
-    end_step = t.steps if stop_at_step is None else min(t.steps, stop_at_step)
-    if stopping_rule is not None:
-        if stopping.stopped:
-            say(f"this run already stopped early at step {start_step}: {early_stopping.describe(stopping_rule, stopping)}")
-            end_step = start_step
-    totals, window_start, window_time = None, start_step, time.time()
-    last_saved = start_step if restored is not None else None
-    step = start_step
-    profile = ProfileWindow(t.profile_steps, os.path.join(workdir, "tensorboard"))
-    bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", disable=not (progress and primary),
-               dynamic_ncols=True, mininterval=0.5, file=sys.stdout)
-    try:
-        while step < end_step and not stop:
-            profile.before_step(step)
-            batch = run.place_batch(next(iterator))
-            state, metrics = compiled_step(state, batch)
-            totals = metrics if totals is None else accumulate_metrics(totals, metrics)
-            step += 1
-            bar.update(1)
-            if profile.after_step(step, state) and primary:
-                bar.write(f"profiled steps {step - profile.window[1] + 1}-{step} into {profile.logdir} (TensorBoard's Profile tab)")
-            stop.check(step)
-
-            log_step = step % t.log_every == 0 or step == t.steps
-            if log_step:
-                _check_finite(run.to_global(state), step)
-                count = step - window_start
-                host = {k: v / count for k, v in run.host_metrics(totals).items()}
-                host["steps_per_s"] = count / max(time.time() - window_time, 1e-9)
-                writer.write(step, "train", host)
-                bar.set_postfix(loss=f"{host['loss']:.3f}", refresh=False)
-                if primary and not progress:
-                    train_logger.info(train_line(step, t.steps, host["loss"], host["steps_per_s"]))
-                totals, window_start, window_time = None, step, time.time()
-            if step % t.eval_every == 0 and step != t.steps:
-                result = run.evaluate(run.to_global(state), eval_batches)
-                writer.write(step, "eval", result)
-                writer.summary.images(step, run.plot(run.to_global(state), workdir, step))
-                if primary:
-                    bar.write(f"step {step}: {run.data.held_out_name}{_ema_note(config)} " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-                if stopping_rule is not None:
-                    stopping, improved = early_stopping.update(stopping_rule, stopping, result[stopping_rule.metric], step)
-                    if improved:
-                        best.save(step, run.to_global(state), data_state())
-                    elif stopping.stopped:
-                        end_step = step  # this step's checkpoint is saved below, then the loop ends
-            if step % config.checkpoint.every == 0 or step == end_step:
-                if not log_step:  # a log step was checked above
-                    _check_finite(run.to_global(state), step)
-                checkpointer.save(step, run.to_global(state), data_state())
-                last_saved = step
-        if stop and step != last_saved:
-            _check_finite(run.to_global(state), step)
-            checkpointer.save(step, run.to_global(state), data_state())
-            last_saved = step
-    except BaseException:
-        with contextlib.suppress(Exception):
-            profile.after_step(step, None)
-        bar.close()
-        iterator.close()
-        _close_after_failure(checkpointer, best)
-        raise
-    profile.after_step(step, None)  # a run that stopped inside the window
-    bar.close()
-    iterator.close()  # stops grain's read-ahead thread and worker processes
-    checkpointer.close()
-    if best is not None:
-        best.close()
-
+    end_step = config.train.steps if stop_at_step is None else min(config.train.steps, stop_at_step)
+    if stopper.stopped:
+        say(stopper.already_stopped(start_step))
+    state, step = _train_steps(parts, state, start_step, end_step, resumed=restored is not None)
     summary = {"workdir": workdir, "step": step, "param_count": n_params, "train_seconds": time.time() - started}
-    if stopping.stopped:
-        say(f"{early_stopping.describe(stopping_rule, stopping)}; stopped at step {step} (of {t.steps}), best state kept in {best.workdir}")
-        summary["early_stopping"] = dict(stopping.to_json(), metric=stopping_rule.metric, best_workdir=best.workdir)
-    elif stop or step < t.steps:
+    if stopper.stopped:
+        say(stopper.stopped_at(step, config.train.steps))
+        summary["early_stopping"] = stopper.summary()
+    elif stop or step < config.train.steps:
         reason = f"received {stop.signal_name}" if stop else f"stop_at_step={stop_at_step}"
         say(f"{reason}: saved checkpoint at step {step} in {checkpointer.directory}; run the same command to resume")
         summary["interrupted"] = True
         writer.close()
         return summary
 
-    # --- final evaluation, plot, sample
     stop.raise_if_stopped(f"after the last checkpoint (step {step}); the final evaluation did not run")
     state = run.to_global(state)
-    result = run.evaluate(state, eval_batches)
-    # An early-stopped run was evaluated at its last step already; a finished run run again has its row.
-    if not stopping.stopped and not _logged(writer.path, step, "eval"):
-        writer.write(step, "eval", result)
-    summary.update(eval=result, interrupted=False)
-    if stopping_rule is not None and not stopping.stopped:
-        stopping, improved = early_stopping.update(stopping_rule, stopping, result[stopping_rule.metric], step)
-        if improved:
-            best.save(step, state, data_state())
-            best.close()
-        summary["early_stopping"] = dict(stopping.to_json(), metric=stopping_rule.metric, best_workdir=best.workdir)
-    test = None
-    if run.data.test_batches is not None:  # the held-out split was a validation split: score the test split once
-        test, test_step, which = _score_test_split(run, state, step, best, say)
-        if not _logged(writer.path, test_step, "test"):
-            writer.write(test_step, "test", test)
-        summary["test"] = dict(test, step=test_step, state=which)
-    if "sparsity" in result:
-        say(f"sparsity {100 * result['sparsity']:.1f} % of prunable weights are zero; {prune_lib.nonzero_count(state.params):,} of {n_params:,} params nonzero")
-    if primary:
-        summary["plot"] = plot_loss_curves(
-            read_metrics(writer.path), os.path.join(workdir, "plots", "loss.png"), title=f"{config.model_name} ({workdir})"
-        )
-    task_plots = run.plot(state, workdir, step)  # every process helps gather the params
-    if primary:
-        summary["task_plots"] = task_plots
-        writer.summary.images(step, [summary["plot"], *task_plots])
-    writer.close()
-    say(f"{run.data.held_out_name}{_ema_note(config)} at step {step}: {run.task.report(result).replace('bits per byte', f'bits per {_token_unit(config)}')}; "
-        f"{_format_duration(summary['train_seconds'])} in all")
-    if test is not None:
-        say(f"test at step {test_step} ({which}): {run.task.report(test)}")
-    if run.spec.task == "lm":
-        stop.raise_if_stopped(f"after the final evaluation (step {step}); the sample was not drawn")
-        sample = run.sample(state, config.sample.prompt, config.sample.length,
-                            temperature=config.sample.temperature, top_k=config.sample.top_k,
-                            top_p=config.sample.get("top_p", 0.0), seed=config.seed)
-        summary["sample"] = sample
-        say(f"sample ({config.sample.length} {_token_unit(config)}s after {config.sample.prompt!r}):")
-        say(config.sample.prompt + sample)
+    result, test = _final_evaluation(parts, state, step, summary)
+    _final_reports(parts, state, step, summary, result, test)
     return summary

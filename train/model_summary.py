@@ -19,7 +19,7 @@ import numpy as np
 from archlab.arch import get_model_spec
 from archlab.train import data as data_lib
 from archlab.train.optim import make_optimizer
-from archlab.train.state import init_train_state
+from archlab.train.state import abstract_train_state
 from archlab.train.step import make_train_step
 from archlab.train.tasks import get_task
 
@@ -90,7 +90,7 @@ def summarize_model(config: ml_collections.ConfigDict, batch: int = 8) -> ModelS
     module = spec.make_module(config.model)
     tx = make_optimizer(config.train, spec.param_groups)
     example = jnp.asarray(dataset.example_input)
-    state = jax.eval_shape(lambda: nn.meta.unbox(init_train_state(module, tx, example, jax.random.PRNGKey(0))))
+    state = nn.meta.unbox(abstract_train_state(module, tx, example))
     rows = parameter_rows(state.params)
     total = sum(count for _, _, count in rows)
 

@@ -1,11 +1,12 @@
-"""Named mesh, logical-axis rules, the shardings derived from them, pmap mode and multi-host init.
+"""Named mesh, logical-axis rules, the shardings derived from them, and multi-host init.
 
 Models name their axes (``batch``, ``embed``, ``heads``, ``mlp``, ``vocab`` ...); the config's
 ``parallel.mesh`` builds a mesh such as ``data:4,model:2`` (axes ``data``, ``fsdp``, ``model``) and
 ``parallel.rules`` maps logical names onto mesh axes, either as a preset from ``RULE_SETS`` or as
 ``logical:axis[+axis],...``. Params and optimizer state are created already sharded by jitting init
 with these shardings, and the train step is ``jax.jit`` with in/out shardings: that is pjit in
-today's JAX. ``parallel.mode=pmap`` runs the same train step under ``jax.pmap`` (the legacy path).
+today's JAX (``train.jit_mode``). ``parallel.mode=pmap`` runs the same train step under ``jax.pmap``
+(the legacy path, ``train.pmap``).
 """
 
 from __future__ import annotations
@@ -226,49 +227,6 @@ def sharding_report(params, shardings, mesh: Mesh, *, top: int = 6, replicated_w
                 f"{'/'.join(splitting)}: {names}; give them logical axis names or extend parallel.rules"
             )
     return lines, warnings
-
-
-# ----------------------------------------------------------------------------------- pmap mode
-
-
-class PmapLayout:
-    """The legacy data-parallel path: state stacked on the local devices, batch split per device.
-
-    Checkpoints, evaluation and plots see the same global, replicated state as jit mode
-    (``to_global``), so a run can switch modes across a resume.
-    """
-
-    axis_name = "data"
-
-    def __init__(self, mesh: Mesh):
-        self.mesh = mesh
-        self.local_devices = jax.local_devices()
-        self.count = len(self.local_devices)
-
-    def to_stacked(self, state):
-        stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x.addressable_data(0)), (self.count,) + x.shape), state)
-        return jax.pmap(lambda t: t, devices=self.local_devices)(stacked)
-
-    def to_global(self, stacked):
-        sharding = replicated(self.mesh)
-
-        def unstack(x):
-            per_device = [shard.data.reshape(x.shape[1:]) for shard in x.addressable_shards]
-            return jax.make_array_from_single_device_arrays(x.shape[1:], sharding, per_device)
-
-        return jax.tree.map(unstack, stacked)
-
-    def split_batch(self, batch: dict) -> dict:
-        def split(x):
-            if x.shape[0] % self.count:
-                raise MeshError(f"a process-local batch of {x.shape[0]} rows does not split over {self.count} local devices")
-            return x.reshape((self.count, x.shape[0] // self.count) + x.shape[1:])
-
-        return jax.tree.map(split, batch)
-
-    def first(self, tree):
-        """Per-device values (identical after pmean) -> one host copy."""
-        return jax.tree.map(lambda x: np.asarray(x)[0], jax.device_get(tree))
 
 
 # ---------------------------------------------------------------------------------- multi-host

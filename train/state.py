@@ -53,6 +53,12 @@ def init_train_state(module: nn.Module, tx: optax.GradientTransformation, exampl
     )
 
 
+def abstract_train_state(module: nn.Module, tx: optax.GradientTransformation, example_input, *, ema: bool = False) -> TrainState:
+    """The shapes and dtypes of :func:`init_train_state`'s state, params still boxed with their
+    logical axis names (``jax.eval_shape``: nothing is allocated or compiled)."""
+    return jax.eval_shape(lambda rng: init_train_state(module, tx, example_input, rng, ema=ema), jax.random.PRNGKey(0))
+
+
 def uses_ema(train_config: ml_collections.ConfigDict) -> bool:
     return getattr(train_config, "ema_decay", 0.0) > 0  # getattr: configs saved before train.ema_decay
 

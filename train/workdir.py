@@ -18,7 +18,7 @@ from archlab.arch import get_model_spec, with_new_model_fields
 from archlab.train.checkpoint import Checkpointer
 from archlab.train.errors import CheckpointError
 from archlab.train.optim import make_optimizer
-from archlab.train.state import eval_params, init_train_state, uses_ema
+from archlab.train.state import abstract_train_state, eval_params, uses_ema
 
 
 def load_run_info(workdir: str) -> dict:
@@ -51,7 +51,7 @@ def restore_params(workdir: str, notify=print):
         example = jnp.zeros(info["example_input"]["shape"], info["example_input"]["dtype"])
     else:
         example = jnp.asarray(spec.example_input(config))
-    boxed = jax.eval_shape(lambda: init_train_state(module, tx, example, jax.random.PRNGKey(0), ema=uses_ema(config.train)))
+    boxed = abstract_train_state(module, tx, example, ema=uses_ema(config.train))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), nn.meta.unbox(boxed))
     directory = os.path.join(workdir, "checkpoints")

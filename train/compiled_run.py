@@ -1,9 +1,10 @@
-"""``Run``: everything a training run builds from its config before the first step.
+"""``Run``: a training run compiled from its config, everything built before the first step.
 
-Config -> data (a bad path fails before any compile) -> mesh and sharding rules -> module,
-optimizer, task (with a distillation teacher or a transfer source where configured) -> the
-sharded abstract state -> the jitted (or pmapped) train step and the eval step. The loop
-(``train.loop``), the benchmarks (``bench``) and tests build their steps here, so all of them
+Named for what it holds (the run, built and compiled once), apart from ``train.loop``, which steps it.
+Config -> data (a bad path fails before any compile) -> mesh, sharding rules and parallel mode
+(``train.jit_mode`` or ``train.pmap``) -> module, optimizer, task (with a distillation teacher or a
+transfer source where configured) -> the sharded abstract state -> the compiled train step and the
+eval step. The loop, the benchmarks (``bench``) and tests build their steps here, so all of them
 measure and run the same compiled program.
 """
 
@@ -22,9 +23,11 @@ from archlab.train import augment as augment_lib, data as data_lib, distill as d
 from archlab.train.config import ConfigError
 from archlab.train.data.tokenizer import tokenizer_for_config
 from archlab.train.errors import TransferError
+from archlab.train.jit_mode import JitMode
 from archlab.train.optim import freeze, learning_rate_schedule, make_optimizer, prune as prune_lib
+from archlab.train.pmap import PmapMode
 from archlab.train.sampling import generate_text
-from archlab.train.state import TrainState, eval_params, init_train_state, uses_ema
+from archlab.train.state import TrainState, abstract_train_state, eval_params, init_train_state, uses_ema
 from archlab.train.step import make_eval_step, make_train_step
 from archlab.train.tasks import get_task
 
@@ -38,6 +41,9 @@ accumulate_metrics = jax.jit(_add_trees, donate_argnums=0)
 
 
 EVAL_CACHE_BYTES = 256 * 2**20
+
+# parallel.mode -> the object that places state and batches and wraps the train step (one interface)
+PARALLEL_MODES = {"jit": JitMode, "pmap": PmapMode}
 
 
 class PlacedBatches:
@@ -60,17 +66,12 @@ class PlacedBatches:
 
 
 def make_run_mesh(config: ml_collections.ConfigDict):
-    """(mesh, logical rules, PmapLayout or None) for ``config.parallel``; MeshError when the devices or
-    the batch do not fit the mesh (``--dry_run`` checks this too)."""
+    """(mesh, logical rules, parallel mode: a JitMode or PmapMode) for ``config.parallel``; MeshError
+    when the devices or the batch do not fit the mesh (``--dry_run`` checks this too)."""
     p = config.parallel
     mesh = parallel.make_mesh(p.mesh, p.num_devices)
-    rules = parallel.parse_rules(p.rules, mesh)
-    pmap = None
-    if p.mode == "pmap":
-        if set(parallel.mesh_shape(mesh)) != {"data"}:
-            raise parallel.MeshError(f"parallel.mode=pmap is data parallel only: use a data-only mesh such as data:-1 (got {p.mesh})")
-        rules = (("batch", "data"),)
-        pmap = parallel.PmapLayout(mesh)
+    mode = PARALLEL_MODES[p.mode](mesh, parallel.parse_rules(p.rules, mesh), p)
+    rules = mode.rules
     data_shards = parallel.data_shard_count(mesh, rules)
     micro = config.train.batch_size // config.train.grad_accum_steps
     if micro % data_shards:
@@ -80,7 +81,7 @@ def make_run_mesh(config: ml_collections.ConfigDict):
             "--config.train.batch_size to a multiple of the shards, or use fewer devices with --config.parallel.num_devices=N "
             "or CUDA_VISIBLE_DEVICES"
         )
-    return mesh, rules, pmap
+    return mesh, rules, mode
 
 
 class Run:
@@ -97,7 +98,7 @@ class Run:
                 f"the data has {self.data.num_classes} classes but model.num_classes={config.model.num_classes}; set --config.model.num_classes"
             )
 
-        self.mesh, self.rules, self.pmap = make_run_mesh(config)
+        self.mesh, self.rules, self.mode = make_run_mesh(config)
 
         if self.spec.from_data is not None:
             updates = self.spec.from_data(config.model, self.data)
@@ -119,12 +120,9 @@ class Run:
 
         init = lambda rng: init_train_state(self.module, self.tx, self.example_input, rng, ema=uses_ema(config.train))
         with parallel.mesh_context(self.mesh, self.rules):
-            boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+            boxed = abstract_train_state(self.module, self.tx, self.example_input, ema=uses_ema(config.train))
         self.sharding_notes: list[str] = []
-        if self.pmap is None:
-            self.state_shardings = parallel.logical_shardings(boxed, self.mesh, self.rules, self.sharding_notes)
-        else:  # pmap replicates everything; checkpoints hold the same global replicated arrays as jit mode
-            self.state_shardings = jax.tree.map(lambda _: parallel.replicated(self.mesh), nn.meta.unbox(boxed))
+        self.state_shardings = self.mode.state_shardings(boxed, self.sharding_notes)
         self.abstract_state = jax.tree.map(
             lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.meta.unbox(boxed), self.state_shardings
         )
@@ -141,27 +139,17 @@ class Run:
 
         train_step = make_train_step(
             module=self.module, task=self.train_task, tx=self.tx, grad_accum_steps=config.train.grad_accum_steps, lr_schedule=self.schedule,
-            cross_replica_mean=None if self.pmap is None else (lambda tree: jax.lax.pmean(tree, parallel.PmapLayout.axis_name)),
+            cross_replica_mean=self.mode.cross_replica_mean(),
             regularizer=regularize.from_config(config.train), augment=augment_lib.from_config(config.train),
             ema_decay=config.train.get("ema_decay", 0.0),
         )
         self.train_step = train_step
         step_with_rng = lambda state, batch: train_step(state, batch, jax.random.fold_in(state.rng, state.step))
-        if self.pmap is None:
-            self._jit_train_step = jax.jit(
-                step_with_rng,
-                in_shardings=(self.state_shardings, self.batch_sharding),
-                out_shardings=(self.state_shardings, parallel.replicated(self.mesh)),
-                donate_argnums=0,
-            )
-        else:
-            self._pmap_train_step = jax.pmap(
-                step_with_rng, axis_name=parallel.PmapLayout.axis_name, devices=self.pmap.local_devices, donate_argnums=0
-            )
+        self._wrapped_train_step = self.mode.wrap_train_step(step_with_rng, self.state_shardings, self.batch_sharding)
         eval_step = make_eval_step(module=self.module, task=self.task)
         self.jit_eval_step = jax.jit(eval_step)
 
-    # --- state and batches in the mode's layout (jit: global sharded arrays; pmap: stacked per device)
+    # --- state and batches in the parallel mode's layout (jit: global sharded arrays; pmap: stacked per device)
 
     def init_state(self, seed: int) -> TrainState:
         """A fresh state, created already sharded (never materialised whole on one device)."""
@@ -173,38 +161,38 @@ class Run:
 
     def to_layout(self, global_state: TrainState) -> TrainState:
         """A global (checkpoint-layout) state -> the layout the train step takes."""
-        return global_state if self.pmap is None else self.pmap.to_stacked(global_state)
+        return self.mode.to_layout(global_state)
 
     def to_global(self, state: TrainState) -> TrainState:
         """The train step's layout -> the global state checkpoints, evaluation and plots use."""
-        return state if self.pmap is None else self.pmap.to_global(state)
+        return self.mode.to_global(state)
 
     def place_batch(self, host_batch: dict):
         """This process's rows of the global batch -> device arrays the train step takes."""
-        if self.pmap is not None:
-            return self.pmap.split_batch(host_batch)
-        return jax.tree.map(parallel.put_batch, host_batch, self.batch_sharding)
+        return self.mode.place_batch(host_batch, self.batch_sharding)
 
     def host_metrics(self, metrics) -> dict:
         """Per-step metric sums (replicated) -> host floats; a host sync, so only at log intervals."""
-        if self.pmap is not None:
-            return {k: float(v) for k, v in self.pmap.first(metrics).items()}
-        return {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
+        return self.mode.host_metrics(metrics)
 
     def compile_train_step(self):
-        """Compiles the train step ahead of time (jit mode): one compile, memory known before the loop."""
-        if self.pmap is not None:
-            return self._pmap_train_step
-        with parallel.mesh_context(self.mesh, self.rules):
-            return self._jit_train_step.lower(self.abstract_state, self._global_batch).compile()
+        """The train step ready to run: compiled ahead of time in jit mode (one compile, memory known
+        before the loop); pmap compiles at the first call."""
+        return self.mode.compile(self._wrapped_train_step, self.abstract_state, self._global_batch)
+
+    def eval_metric_names(self) -> list[str]:
+        """The names ``evaluate`` returns, read off the eval step's output shapes (nothing is compiled or run)."""
+        batch, weights = self.data.eval_batches[0]
+        shapes = jax.eval_shape(self.jit_eval_step, self.abstract_state.params, self.abstract_state.model_state, batch, weights)
+        names = sorted(self.task.summarize(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)))
+        return names + (["sparsity"] if self.config.train.sparsity > 0 else [])
 
     def startup_report(self) -> list[str]:
         params = jax.tree.map(lambda s: s, self.abstract_state.params)
         lines, warnings = parallel.sharding_report(
             params, self.state_shardings.params, self.mesh, replicated_warn_size=self.config.parallel.replicated_warn_size
         )
-        mode = "pmap (legacy data parallel: replicated params, pmean of gradients)" if self.pmap else f"jit, rules {self.config.parallel.rules}"
-        lines.insert(2, f"mode: {mode}")
+        lines.insert(2, f"mode: {self.mode.describe()}")
         if self.teacher is not None:
             t = self.config.train
             lines.append(f"teacher: {self.teacher.describe()}; distill_alpha {t.distill_alpha}, distill_temperature {t.distill_temperature}")
