@@ -157,6 +157,22 @@ def test_early_stopping_in_the_loop_keeps_the_best_checkpoint_and_stays_stopped(
     assert again["step"] == 8 and any("already stopped early at step 8" in m for m in messages)
 
 
+def test_a_finished_run_whose_final_evaluation_was_its_best_runs_again_cleanly(tmp_path, monkeypatch):
+    """The final evaluation's improvement is saved as the best after the last checkpoint, so the same
+    command again re-evaluates that step: it must find the same best step already there, not fail."""
+    from archlab.train.compiled_run import Run
+    from archlab.train.loop import train_and_evaluate
+    from archlab.train.workdir import restore_params
+
+    monkeypatch.setattr(Run, "evaluate", lambda self, state, batches: {"accuracy": int(np.asarray(state.step)) / 10, "loss": 1.0})
+    config = tiny_config("mlp", model__hidden="8", train__steps=6, train__eval_every=2, train__early_stopping_metric="accuracy",
+                         train__patience=2, checkpoint__every=2, parallel__mesh="data:1")
+    for _ in range(3):
+        summary = train_and_evaluate(config, str(tmp_path), progress=False, echo=lambda m: None)
+        assert summary["step"] == 6 and summary["early_stopping"]["best_step"] == 6, summary
+    assert restore_params(str(tmp_path / "best"), notify=lambda m: None)[3] == 6
+
+
 def test_a_validation_split_chooses_the_state_and_the_test_split_scores_it_once(tmp_path, monkeypatch):
     from archlab.train.compiled_run import Run
     from archlab.train.loop import train_and_evaluate

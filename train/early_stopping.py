@@ -96,7 +96,8 @@ class BestCheckpoint:
     copy of the run's config.json, so it is a workdir of its own (``restore_params``, export).
 
     Created lazily at the first improvement. On resume from ``resume_step``, best steps newer than
-    it are dropped: the resumed run re-evaluates those steps and saves them again.
+    it are dropped: the resumed run re-evaluates those steps and saves them again. A best saved at
+    ``resume_step`` itself is the state resumed from, so it is kept and not written twice.
     """
 
     def __init__(self, workdir: str, resume_step: int = 0):
@@ -112,6 +113,8 @@ class BestCheckpoint:
     def save(self, step: int, state, data_state: dict) -> None:
         if self._checkpointer is None:
             self._checkpointer = Checkpointer(os.path.join(self.workdir, "checkpoints"), keep=1)
+        if step in self._checkpointer.all_steps():
+            return  # a finished run run again re-evaluates its final step: that same state is already the best
         if jax.process_index() == 0 and os.path.isfile(self._source_config):
             shutil.copyfile(self._source_config, os.path.join(self.workdir, "config.json"))
         self._checkpointer.save(step, state, data_state)
