@@ -211,7 +211,6 @@ class Run:
         shards where they divide, else replicated. Every process reads the whole held-out split and
         builds its shards. A split of up to ``EVAL_CACHE_BYTES`` is placed once and kept on the
         devices; a larger one is read and placed batch by batch at every evaluation."""
-
         def place(x):
             x = np.asarray(x)
             sharding = parallel.batch_sharding(self.mesh, self.rules, x.ndim)

@@ -65,7 +65,6 @@ class PmapMode:
 
     def place_batch(self, host_batch: dict, batch_sharding: dict) -> dict:
         """This process's rows -> [local devices, rows per device, ...] (``batch_sharding`` unused)."""
-
         def split(x):
             if x.shape[0] % self.count:
                 raise MeshError(f"a process-local batch of {x.shape[0]} rows does not split over {self.count} local devices")

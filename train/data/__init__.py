@@ -33,7 +33,7 @@ from archlab.train.data.images import (
 )
 from archlab.train.data.nerf_scene import build_nerf_dataset
 from archlab.train.data.normalize import NORMALIZE_CHOICES, channel_statistics, describe_statistics, wants_normalization
-from archlab.train.data.pipeline import EvalBatches, TrainStream, array_stream
+from archlab.train.data.pipeline import EvalBatches, array_stream
 from archlab.train.data.text import eval_windows, load_token_splits, window_stream
 from archlab.train.errors import DataError
 

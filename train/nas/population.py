@@ -42,7 +42,6 @@ def digits_data(image_size: int = 16, val_fraction: float = 0.2) -> PopulationDa
     Search scores use a validation split carved out of the training images, so the digits test
     split stays unseen by the search (the final model of a found cell is measured on it).
     """
-
     splits = load_images("", image_size, val_fraction)
     x_train, y_train, x_val, y_val = split_train_test(splits.x_train, splits.y_train, val_fraction)
     return PopulationData(*(jnp.asarray(a) for a in (x_train, y_train, x_val, y_val)))
@@ -70,7 +69,6 @@ def _batch_index(rng, step, size, batch_size):
 
 def _apply(params, updates, learning_rate, weight_decay):
     """AdamW's last step with a learning rate / weight decay per member (leading axis) or scalar."""
-
     def one(p, u):
         lr = jnp.reshape(learning_rate, jnp.shape(learning_rate) + (1,) * (p.ndim - jnp.ndim(learning_rate)))
         wd = jnp.reshape(weight_decay, jnp.shape(weight_decay) + (1,) * (p.ndim - jnp.ndim(weight_decay)))

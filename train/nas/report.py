@@ -47,7 +47,6 @@ def comparison_table(comparison: dict, optimum: float | None) -> list[str]:
 
 def plot_search(results: dict, out_dir: str, unit: str, *, op_frequency_plots: bool = True) -> list[str]:
     """best-so-far vs evaluations (mean over seeds per strategy) and (cells) the final population's per-edge op frequencies."""
-
     os.makedirs(out_dir, exist_ok=True)
     fig = new_figure(figsize=(6, 4))
     ax = fig.subplots()

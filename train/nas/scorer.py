@@ -62,7 +62,6 @@ def describe_member(space, code) -> dict:
 def check_scorer_fits(config, data, *, members: int, batch_size: int, channels: int) -> None:
     """The population's own memory estimate (``train.nas.population.check_chunk_fits``) for one
     scorer chunk, as a SearchError naming the config keys to lower."""
-
     s = config.scorer
     try:
         check_chunk_fits(members, batch_size=batch_size, val_size=int(data.val_images.shape[0]), image_size=s.image_size,
@@ -120,7 +119,6 @@ class Scorer:
     def _train(self, codes, rng_seed: int) -> np.ndarray:
         """One ``train_population`` program for the whole batch: ``scorer.chunk`` members at a time
         by ``lax.map`` inside it, each chunk split over ``scorer.devices`` devices."""
-
         codes = np.asarray(codes)
         padded = np.concatenate(self._chunks(codes))  # whole chunks: a batch size that recurs reuses its compiled program
         result = train_population(padded, jax.random.PRNGKey(rng_seed), self.data, self.steps, net=self.net,

@@ -71,7 +71,6 @@ def synflow_scores(codes, rng: jax.Array, net: CellNet = CellNet(), *, image_siz
 def make_synflow_scorer(net: CellNet = CellNet(), *, image_size: int = 16) -> Callable[[np.ndarray, int], np.ndarray]:
     """A scorer with the strategy contract ``score_fn(codes [P, 6] int32, rng_seed) -> [P] float``
     (see ``train.nas.scorer``): synflow at an initialisation drawn from ``rng_seed``."""
-
     def score_fn(codes: np.ndarray, rng_seed: int) -> np.ndarray:
         return synflow_scores(codes, jax.random.PRNGKey(int(rng_seed)), net, image_size=image_size)
 
