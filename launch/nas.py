@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     strategies = list(COMPARED) if args.strategy == "all" else [args.strategy]
 
     quiet_logs()
-    from archlab.train.loop import WorkdirError, check_workdir
+    from archlab.train.errors import WorkdirError
     from archlab.train.parallel import MeshError, initialize_distributed
+    from archlab.train.workdir_setup import check_workdir
 
     try:
         p = config.parallel

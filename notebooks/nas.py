@@ -44,7 +44,8 @@ import numpy as np
 
 from archlab.arch.search_space import EDGES, NUM_ARCHITECTURES, OPS, all_genotypes, genotype_to_string, is_disconnected, op_frequencies
 from archlab.train.config import apply_overrides, get_config
-from archlab.train.loop import check_workdir, train_and_evaluate
+from archlab.train.loop import train_and_evaluate
+from archlab.train.workdir_setup import check_workdir
 from archlab.train.metrics import read_metrics
 from archlab.train.nas.benchmark_table import generate_table
 from archlab.train.nas.history import best_so_far

@@ -12,20 +12,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import platform
 import sys
-import tempfile
 import time
 from typing import Any, Callable
 
 import jax
-import jaxlib
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
 from archlab.train import early_stopping, memory_budget, parallel
-from archlab.train.atomic_write import write_json_atomically
 from archlab.train.checkpoint import Checkpointer, first_nonfinite_leaf, probe_checkpoint_dir
 from archlab.train.compiled_run import Run, accumulate_metrics
 from archlab.train.config import ConfigError, resolve_config
@@ -37,40 +33,7 @@ from archlab.train.state import TrainState, param_count
 from archlab.train.stop_request import Interrupted, StopRequest
 from archlab.train.train_log import LOGGER as train_logger, train_line
 from archlab.train.workdir_lock import WorkdirLock, WorkdirLockedError
-
-
-# ----------------------------------------------------------------------------------- workdir
-
-
-def check_workdir(workdir: str) -> str:
-    """Creates ``workdir`` if needed and proves it writable, without touching its contents."""
-    if not workdir or not workdir.strip():
-        raise WorkdirError("workdir is empty; give a directory")
-    workdir = os.path.abspath(workdir)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise WorkdirError(f"workdir {workdir!r} is a file, not a directory")
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-probe-"):
-            pass
-    except OSError as e:
-        raise WorkdirError(f"workdir {workdir!r} is not writable ({e.strerror or e})") from None
-    return workdir
-
-
-def write_run_info(workdir: str, config: ml_collections.ConfigDict, extra: dict) -> None:
-    info = {
-        "config": config.to_dict(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "device_count": jax.device_count(),
-        "process_count": jax.process_count(),
-        "python": platform.python_version(),
-        **extra,
-    }
-    write_json_atomically(os.path.join(workdir, "config.json"), info, indent=2, default=str)
+from archlab.train.workdir_setup import check_workdir, guard_history, write_run_info  # noqa: F401  (check_workdir, write_run_info: also public here)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -106,24 +69,6 @@ def _check_finite(state: TrainState, step: int) -> None:
         raise NonFiniteLossError(
             f"loss became non-finite at step {bad + 1}; stopped without writing a checkpoint of it (earlier checkpoints are intact)"
         )
-
-
-def _guard_history(workdir: str, restart: bool, say) -> None:
-    """A workdir whose metrics.jsonl logged an earlier run but which has no checkpoint is never
-    silently started over. (A config.json alone, from a run stopped before it logged a step, holds
-    no history: it is rewritten.)"""
-    metrics = os.path.join(workdir, "metrics.jsonl")
-    if not (os.path.isfile(metrics) and read_metrics(metrics)):
-        return
-    if not restart:
-        raise WorkdirError(
-            f"{workdir} holds an earlier run's metrics.jsonl but no checkpoint to resume; refusing to start over "
-            "and overwrite its history: pass --restart to train from step 0 (the old metrics.jsonl is kept aside), or use another --workdir"
-        )
-    if jax.process_index() == 0:
-        kept = os.path.join(workdir, time.strftime("metrics.before-restart-%Y%m%d-%H%M%S.jsonl"))
-        os.replace(metrics, kept)
-        say(f"--restart: training from step 0; the earlier metrics are kept in {kept}")
 
 
 def _resume_hint(restored) -> str:
@@ -181,7 +126,7 @@ def _restore_or_init(run: Run, checkpointer: Checkpointer, iterator, workdir: st
     the latest intact checkpoint with the iterator set to its position, else a fresh state."""
     restored = checkpointer.restore_latest(run.abstract_state, notify=say, check_data=iterator.state_problem)
     if restored is None:
-        _guard_history(workdir, restart, say)
+        guard_history(workdir, restart, say)
         return run.init_state(run.config.seed), 0, None
     state, data_state, start_step = restored
     state = run.to_layout(state)

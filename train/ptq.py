@@ -23,12 +23,12 @@ from archlab.arch.quant import quantize_weights
 from archlab.train.checkpoint import Checkpointer
 from archlab.train.data import make_dataset
 from archlab.train.errors import QuantizeError
-from archlab.train.loop import check_workdir, write_run_info
 from archlab.train.optim import make_optimizer
 from archlab.train.state import TrainState
 from archlab.train.tasks import get_task
 from archlab.train.tree_paths import param_path_name
 from archlab.train.workdir import load_run_info, restore_params
+from archlab.train.workdir_setup import check_workdir, write_run_info
 
 
 def fresh_quant_state(module, example_input) -> dict:
