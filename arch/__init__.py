@@ -24,6 +24,7 @@ from archlab.arch.inception import InceptionNet
 from archlab.arch.mlp import MLP
 from archlab.arch.nas_cell import NASCellNet
 from archlab.arch.nerf import NeRF
+from archlab.arch.quant import QUANT_MODES
 from archlab.arch.resnet import ResNet
 from archlab.arch.rnn import RecurrentClassifier, RecurrentLM
 from archlab.arch.transformer import TransformerLM
@@ -87,11 +88,13 @@ class ModelSpec:
         return from_ref(self.config).model.to_dict()
 
     def config_problems(self, config) -> list[str]:
-        """What is wrong with ``config.model``: the dtype names and class count every family shares,
+        """What is wrong with ``config.model``: the dtype names, quantization mode and class count families share,
         then the module's own ``config_problems``."""
         model = config.model
         problems = [f"model.{field} must be one of {', '.join(DTYPES)} (got {model[field]!r})"
                     for field in DTYPE_FIELDS if field in model and model[field] not in DTYPES]
+        if "quant" in model and model.quant not in QUANT_MODES:
+            problems.append(f"model.quant must be one of {', '.join(QUANT_MODES)} (got {model.quant!r})")
         if "num_classes" in model and model.num_classes < 2:
             problems.append("model.num_classes must be >= 2")
         own_checks = getattr(self.module, "config_problems", None)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from archlab.arch.layers import logical_init
-from archlab.arch.mlp import activation, activation_and_quant_problems
+from archlab.arch.mlp import activation, activation_problems
 from archlab.arch.quant import conv_cls, quant_dense
 
 
@@ -31,7 +31,7 @@ class CNN(nn.Module):
     @staticmethod
     def config_problems(model, data) -> list[str]:
         """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
-        problems = activation_and_quant_problems(model)
+        problems = activation_problems(model)
         if not model.channels or min(model.channels) < 1:
             problems.append(f"model.channels must be one or more widths >= 1 (got {tuple(model.channels)})")
         return problems

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from archlab.arch.quant import QUANT_MODES, quant_dense
+from archlab.arch.quant import quant_dense
 
 ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu, "elu": nn.elu}
 
@@ -19,14 +19,11 @@ def activation(name: str):
     return ACTIVATIONS[name]
 
 
-def activation_and_quant_problems(model) -> list[str]:
-    """The ``activation`` and ``quant`` fields MLP and CNN share."""
-    problems = []
+def activation_problems(model) -> list[str]:
+    """The ``activation`` field MLP and CNN share."""
     if model.activation not in ACTIVATIONS:
-        problems.append(f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {model.activation!r})")
-    if model.quant not in QUANT_MODES:
-        problems.append(f"model.quant must be one of {', '.join(QUANT_MODES)} (got {model.quant!r})")
-    return problems
+        return [f"model.activation must be one of {', '.join(ACTIVATIONS)} (got {model.activation!r})"]
+    return []
 
 
 class MLP(nn.Module):
@@ -43,7 +40,7 @@ class MLP(nn.Module):
     @staticmethod
     def config_problems(model, data) -> list[str]:
         """What is wrong with the ``model`` config section (``data`` for the input it sets), or []."""
-        return activation_and_quant_problems(model)
+        return activation_problems(model)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from archlab.arch.layers import logical_init
-from archlab.arch.quant import QUANT_MODES, conv_cls, quant_dense
+from archlab.arch.quant import conv_cls, quant_dense
 
 STAGE_SIZES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
 
@@ -84,8 +84,6 @@ class ResNet(nn.Module):
             problems.append(f"model.stem must be 'cifar' or 'imagenet' (got {model.stem!r})")
         if model.width < 1:
             problems.append("model.width must be >= 1")
-        if model.quant not in QUANT_MODES:
-            problems.append(f"model.quant must be one of {', '.join(QUANT_MODES)} (got {model.quant!r})")
         return problems
 
     @nn.compact
