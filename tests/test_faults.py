@@ -314,3 +314,40 @@ def test_an_allocation_failure_at_run_time_is_one_line(tmp_path, monkeypatch, ca
     assert exit_info.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "out of memory" in lines[0] and "68719476736 bytes" in lines[0], lines
+
+
+def test_a_reader_is_not_thrown_by_the_trainer_deleting_its_oldest_step(tmp_path, trained_mlp, monkeypatch):
+    """A live trainer deletes its oldest step (``checkpoint.keep``) while sample/export list or read
+    the steps: the reader lists again / takes the next step, and reports no damage."""
+    import orbax.checkpoint as ocp
+
+    workdir = copy_run(trained_mlp, tmp_path)
+    steps_dir = workdir / "checkpoints"
+    real_manager, listings = ocp.CheckpointManager, []
+
+    def manager_racing_a_trainer(directory, *args, **kwargs):
+        listings.append(directory)
+        if len(listings) == 1:  # what orbax raised in CI: the step vanished between its listing and its stat
+            shutil.rmtree(steps_dir / "2")
+            raise FileNotFoundError(2, "No such file or directory", str(steps_dir / "2"))
+        return real_manager(directory, *args, **kwargs)
+
+    monkeypatch.setattr(ocp, "CheckpointManager", manager_racing_a_trainer)
+    notices = []
+    assert restore_params(str(workdir), notify=notices.append)[3] == 4
+    assert len(listings) == 2 and notices == []
+
+    # The newest step is deleted while it is being read: the reader falls back, without calling it damaged.
+    workdir = copy_run(trained_mlp, tmp_path, name="second")
+    steps_dir = workdir / "checkpoints"
+    real_restore = Checkpointer.restore
+
+    def restore_racing_a_trainer(self, step, abstract_state):
+        if step == 4:
+            shutil.rmtree(steps_dir / "4")
+            raise FileNotFoundError(2, "No such file or directory", str(steps_dir / "4"))
+        return real_restore(self, step, abstract_state)
+
+    monkeypatch.setattr(Checkpointer, "restore", restore_racing_a_trainer)
+    assert restore_params(str(workdir), notify=notices.append)[3] == 2
+    assert notices == [] and sorted(os.listdir(steps_dir)) == ["2"]

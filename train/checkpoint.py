@@ -7,7 +7,9 @@ non-finite value or a malformed data position, says so, and, once an older step 
 the unreadable ones aside (``<step>.unreadable``) rather than deleting them; if no step is intact
 it raises, touching nothing, instead of starting over. An intact step saved with other shapes than
 the config asks for is a config change, not damage: ``CheckpointConfigError``, touching nothing. Readers (``read_only=True``: sample, export,
-distillation, transfer) do the same walk but never write or rename anything. Restoring takes the
+distillation, transfer) do the same walk but never write or rename anything; a step the live
+trainer retires (``keep``: renamed into ``.deleting``, then removed) under a reader is not damage,
+and the reader lists again. Restoring takes the
 target's shardings, so a checkpoint written on one mesh loads onto another.
 
 A state with a non-finite leaf is never written (``NonFiniteStateError``), and a failed write
@@ -39,6 +41,9 @@ from archlab.train.state import TrainState
 from archlab.train.tree_paths import param_path_name, shapes_by_name
 
 CHECKSUMS = "archlab_checksums.json"
+_DELETING = ".deleting"  # old steps (beyond ``keep``) are renamed here, then removed
+_LISTING_ATTEMPTS = 5  # a read-only listing retried while a live trainer deletes old steps
+_RELISTINGS = 20  # how often a reader starts its walk again after the trainer retired the step it was reading
 
 
 class Checkpointer:
@@ -57,15 +62,25 @@ class Checkpointer:
         self._log_filter = _OrbaxErrorLogFilter()
         logging.getLogger("absl").addFilter(self._log_filter)
         _ignore_late_tensorstore_callbacks()
-        with _quiet_absl():
-            self._manager = ocp.CheckpointManager(
-                self.directory,
-                options=ocp.CheckpointManagerOptions(
-                    max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
-                    cleanup_tmp_directories=not read_only and jax.process_index() == 0,
-                ),
-                item_names=("state", "data"),
-            )
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+            cleanup_tmp_directories=not read_only and jax.process_index() == 0,
+            # An old step leaves in one rename, then is deleted out of the step listing: a reader
+            # (sample, export) never sees a half-deleted step as damage or as another config's.
+            todelete_subdir=None if read_only else _DELETING,
+        )
+        if not read_only:
+            self._purge_deleted_steps()
+        for attempt in range(_LISTING_ATTEMPTS):
+            try:
+                with _quiet_absl():
+                    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+                break
+            except FileNotFoundError:
+                # A reader lists the steps while the run's trainer may be deleting its oldest one
+                # (``checkpoint.keep``): the step vanished between the listing and its stat. List again.
+                if not read_only or attempt == _LISTING_ATTEMPTS - 1:
+                    raise
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -109,9 +124,18 @@ class Checkpointer:
         steps = self.all_steps()
         if not steps:
             return None
-        unreadable, mismatches = [], []
-        for step in reversed(steps):
+        unreadable, mismatches, tried, relistings = [], [], [], 0
+        pending = list(reversed(steps))
+        while pending:
+            step = pending.pop(0)
+            tried.append(step)
             mismatch = self._incompatibility(step, abstract_state)
+            if self._retired(step) and relistings < _RELISTINGS:
+                # The live trainer retired it (``checkpoint.keep``) since the listing: not damage.
+                # It saved a newer step first, so list again and walk from the newest untried one.
+                relistings += 1
+                pending = [s for s in reversed(self._listing_again()) if s not in tried]
+                continue
             if mismatch and not verify_checksums(os.path.join(self.directory, str(step))):
                 # Intact on disk but saved for other shapes: the config changed, nothing is damaged. Touch nothing.
                 raise CheckpointConfigError(
@@ -137,6 +161,10 @@ class Checkpointer:
                 if problem:
                     raise CheckpointError(f"saved data position: {problem}")
             except Exception as e:  # orbax/tensorstore raise many types for a damaged step
+                if self._retired(step) and relistings < _RELISTINGS:  # while it was read: as above
+                    relistings += 1
+                    pending = [s for s in reversed(self._listing_again()) if s not in tried]
+                    continue
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                 notify(f"checkpoint step {step} in {self.directory} is unreadable ({reason}); trying the previous one")
                 unreadable.append(step)
@@ -152,10 +180,24 @@ class Checkpointer:
                 notify(f"using step {step}, the newest intact one (read-only: the unreadable steps are left as they are)")
             return state, data_state, step
         raise CheckpointError(
-            f"no intact checkpoint in {self.directory} (tried steps {', '.join(map(str, reversed(steps)))}"
+            f"no intact checkpoint in {self.directory} (tried steps {', '.join(map(str, tried))}"
             + (f"; newest: {mismatches[0][1]}" if mismatches else "")
             + "); refusing to start over: move the directory away to train from scratch"
         )
+
+    def _retired(self, step: int) -> bool:
+        """A reader's step that is gone: its run's trainer retired it after this reader listed it."""
+        return self.read_only and not os.path.isdir(os.path.join(self.directory, str(step)))
+
+    def _listing_again(self) -> list[int]:
+        for attempt in range(_LISTING_ATTEMPTS):
+            try:
+                with _quiet_absl():
+                    self._manager.reload()
+                return self.all_steps()
+            except FileNotFoundError:  # a step retired during the listing itself, as in ``__init__``
+                if attempt == _LISTING_ATTEMPTS - 1:
+                    raise
 
     def _incompatibility(self, step: int, abstract_state: TrainState) -> str | None:
         """Why the saved state's shapes differ from this config's, or None if they match.
@@ -218,6 +260,12 @@ class Checkpointer:
                         )
                     write_checksums(step_dir)
         self._unsealed = []
+        self._purge_deleted_steps()
+
+    def _purge_deleted_steps(self) -> None:
+        """Removes the steps orbax retired (``keep``) into ``.deleting``: out of the listing already."""
+        if not self.read_only and jax.process_index() == 0:
+            shutil.rmtree(os.path.join(self.directory, _DELETING), ignore_errors=True)
 
     def close(self) -> None:
         try:
