@@ -62,13 +62,14 @@ class Checkpointer:
         self._log_filter = _OrbaxErrorLogFilter()
         logging.getLogger("absl").addFilter(self._log_filter)
         _ignore_late_tensorstore_callbacks()
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
-            cleanup_tmp_directories=not read_only and jax.process_index() == 0,
-            # An old step leaves in one rename, then is deleted out of the step listing: a reader
-            # (sample, export) never sees a half-deleted step as damage or as another config's.
-            todelete_subdir=None if read_only else _DELETING,
-        )
+        with _quiet_absl():  # read_only options log their own adjustments as warnings
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+                cleanup_tmp_directories=not read_only and jax.process_index() == 0,
+                # An old step leaves in one rename, then is deleted out of the step listing: a reader
+                # (sample, export) never sees a half-deleted step as damage or as another config's.
+                todelete_subdir=None if read_only else _DELETING,
+            )
         if not read_only:
             self._purge_deleted_steps()
         for attempt in range(_LISTING_ATTEMPTS):
