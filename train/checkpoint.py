@@ -72,16 +72,7 @@ class Checkpointer:
             )
         if not read_only:
             self._purge_deleted_steps()
-        for attempt in range(_LISTING_ATTEMPTS):
-            try:
-                with _quiet_absl():
-                    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
-                break
-            except FileNotFoundError:
-                # A reader lists the steps while the run's trainer may be deleting its oldest one
-                # (``checkpoint.keep``): the step vanished between the listing and its stat. List again.
-                if not read_only or attempt == _LISTING_ATTEMPTS - 1:
-                    raise
+        self._manager = self._listed(lambda: ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data")))
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -135,7 +126,7 @@ class Checkpointer:
                 # The live trainer retired it (``checkpoint.keep``) since the listing: not damage.
                 # It saved a newer step first, so list again and walk from the newest untried one.
                 relistings += 1
-                pending = [s for s in reversed(self._listing_again()) if s not in tried]
+                pending = self._untried_newest_first(tried)
                 continue
             if mismatch and not verify_checksums(os.path.join(self.directory, str(step))):
                 # Intact on disk but saved for other shapes: the config changed, nothing is damaged. Touch nothing.
@@ -164,7 +155,7 @@ class Checkpointer:
             except Exception as e:  # orbax/tensorstore raise many types for a damaged step
                 if self._retired(step) and relistings < _RELISTINGS:  # while it was read: as above
                     relistings += 1
-                    pending = [s for s in reversed(self._listing_again()) if s not in tried]
+                    pending = self._untried_newest_first(tried)
                     continue
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                 notify(f"checkpoint step {step} in {self.directory} is unreadable ({reason}); trying the previous one")
@@ -190,14 +181,19 @@ class Checkpointer:
         """A reader's step that is gone: its run's trainer retired it after this reader listed it."""
         return self.read_only and not os.path.isdir(os.path.join(self.directory, str(step)))
 
-    def _listing_again(self) -> list[int]:
+    def _untried_newest_first(self, tried: list[int]) -> list[int]:
+        self._listed(self._manager.reload)
+        return [s for s in reversed(self.all_steps()) if s not in tried]
+
+    def _listed(self, list_steps):
+        """Runs an orbax step listing. A reader lists while the run's trainer may be deleting its
+        oldest step (``checkpoint.keep``): a step gone between the listing and its stat is listed again."""
         for attempt in range(_LISTING_ATTEMPTS):
             try:
                 with _quiet_absl():
-                    self._manager.reload()
-                return self.all_steps()
-            except FileNotFoundError:  # a step retired during the listing itself, as in ``__init__``
-                if attempt == _LISTING_ATTEMPTS - 1:
+                    return list_steps()
+            except FileNotFoundError:
+                if not self.read_only or attempt == _LISTING_ATTEMPTS - 1:
                     raise
 
     def _incompatibility(self, step: int, abstract_state: TrainState) -> str | None:
